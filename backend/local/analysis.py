@@ -1,0 +1,159 @@
+"""Text -> per-token top-k SAE features, for any number of layers in ONE forward pass.
+
+Each SAE layer gets a forward hook that encodes the activations passing through, keeps the top k
+per token and the tracked features' columns on the device, and returns nothing (the forward pass
+is not modified). The pass stops after the deepest hooked block (`stop_at_layer`), so no logits
+are computed when none are needed. Only k values and indices per token leave the device.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from backend.errors import InvalidRequest, LimitExceeded
+from backend.local.dictionaries import FeatureDictionary
+from backend.schemas import FeatureActivation, LayerTopK, TokenInfo, TrackedActivations
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def stop_layer(hook_names: Sequence[str]) -> int | None:
+    """The `stop_at_layer` that still runs every hook in `hook_names` (None: run everything)."""
+    deepest = -1
+    for name in hook_names:
+        m = _BLOCK.match(name)
+        if m:
+            deepest = max(deepest, int(m.group(1)))
+        elif name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+            continue
+        else:
+            return None
+    return deepest + 1
+
+
+@dataclass
+class Tokenized:
+    ids: torch.Tensor  # [batch, seq] fed to the model (one row, or one row per window)
+    n_tokens: int  # real tokens, in order, when the rows are flattened
+    tokens: list[TokenInfo]
+    window: int | None
+
+
+def tokenize(model, text: str, *, prepend_bos: bool, window: int | None, max_tokens: int) -> Tokenized:
+    """Tokenise `text`, refusing what exceeds the limits, optionally into fixed windows.
+
+    Windowed mode follows the Modal design: no BOS, the text cut into windows of `window` tokens
+    that are run independently, the last one padded with the pad (EOS) token.
+    """
+    tok = model.tokenizer
+    if tok is None:
+        raise InvalidRequest("This model has no tokenizer; it cannot read text.")
+    if window:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0].tolist()
+    n = len(ids)
+    if n == 0:
+        raise InvalidRequest("The text produced no tokens. Type some text.")
+    limit = max_tokens if window else min(max_tokens, model.cfg.n_ctx)
+    if n > limit:
+        which = "FEATURESCOPE_MAX_PROMPT_TOKENS" if limit == max_tokens else "the model's context"
+        raise LimitExceeded("The text (tokens)", n, limit, f"Shorten it; the limit is {which}.")
+    special = set(tok.all_special_ids)
+    pieces = [tok.decode([i]) for i in ids]
+    tokens = [TokenInfo(position=p, id=i, text=s, special=i in special)
+              for p, (i, s) in enumerate(zip(ids, pieces))]
+    if window:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        rows = [ids[i:i + window] for i in range(0, n, window)]
+        rows[-1] = rows[-1] + [pad] * (window - len(rows[-1]))
+        tensor = torch.tensor(rows, dtype=torch.long)
+    else:
+        tensor = torch.tensor([ids], dtype=torch.long)
+    return Tokenized(ids=tensor.to(model.cfg.device), n_tokens=n, tokens=tokens, window=window)
+
+
+def run_dictionaries(
+    model,
+    dictionaries: Sequence[FeatureDictionary],
+    tokens: Tokenized,
+    k: int,
+    track: dict[int, list[int]],
+) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """One forward pass with every dictionary hooked in; per layer (top values, top indices,
+    tracked columns), each [n_tokens, ...] on the CPU. Call under the model's lock."""
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def make_hook(d: FeatureDictionary):
+        kk = min(k, d.d_sae)
+        cols = track.get(d.layer)
+        col_idx = torch.tensor(cols, device=model.cfg.device) if cols else None
+
+        def hook(act: torch.Tensor, hook) -> None:
+            z = d.encode(act)
+            top = torch.topk(z, kk, dim=-1)
+            tracked = z.index_select(-1, col_idx) if col_idx is not None else None
+            captured[d.layer] = (top.values, top.indices, tracked)
+
+        return hook
+
+    bad = [c for d in dictionaries for c in track.get(d.layer, []) if c >= d.d_sae]
+    if bad:
+        raise InvalidRequest(f"Feature index {bad[0]} is out of range; the SAE has "
+                             f"{dictionaries[0].d_sae} features (0–{dictionaries[0].d_sae - 1}).")
+    fwd_hooks = [(d.hook_name, make_hook(d)) for d in dictionaries]
+    with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+        model(tokens.ids, return_type=None, stop_at_layer=stop_layer([d.hook_name for d in dictionaries]))
+
+    n = tokens.n_tokens
+    out = {}
+    for layer, (vals, idx, tracked) in captured.items():
+        vals = vals.reshape(-1, vals.shape[-1])[:n].float().cpu()
+        idx = idx.reshape(-1, idx.shape[-1])[:n].cpu()
+        if tracked is not None:
+            tracked = tracked.reshape(-1, tracked.shape[-1])[:n].float().cpu()
+        out[layer] = (vals, idx, tracked)
+    return out
+
+
+def to_results(
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    top_layers: Sequence[FeatureDictionary],
+    track: dict[int, list[int]],
+    explain: dict[int, dict[int, str]],
+    neuronpedia: dict[int, str | None],
+) -> tuple[list[LayerTopK], list[TrackedActivations]]:
+    """Plain results: per layer of `top_layers` the firing top-k per token; per tracked feature
+    its activation on every token."""
+    layers: list[LayerTopK] = []
+    for d in top_layers:
+        vals, idx, _ = captured[d.layer]
+        names = explain.get(d.layer, {})
+        per_token = [
+            [FeatureActivation(index=i, activation=v, explanation=names.get(i))
+             for v, i in zip(v_row, i_row) if v > 0]
+            for v_row, i_row in zip(vals.tolist(), idx.tolist())
+        ]
+        layers.append(LayerTopK(layer=d.layer, hook_name=d.hook_name, d_sae=d.d_sae,
+                                neuronpedia_id=neuronpedia.get(d.layer), top=per_token))
+    tracked_out: list[TrackedActivations] = []
+    for layer, indices in track.items():
+        columns = captured[layer][2]
+        names = explain.get(layer, {})
+        for j, index in enumerate(indices):
+            tracked_out.append(TrackedActivations(layer=layer, index=index, explanation=names.get(index),
+                                                  values=columns[:, j].tolist()))
+    return layers, tracked_out
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000

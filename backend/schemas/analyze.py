@@ -1,0 +1,50 @@
+"""Text -> tokens -> per-token top-k SAE features (the text highlighter, /features/topk)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from backend.schemas.common import LayerFeature, Request, Result, TokenInfo
+
+
+class AnalyzeRequest(Request):
+    model: str = Field(description="Catalog model id.")
+    sae_set: str = Field(description="SAE set id of the model.")
+    text: str = Field(min_length=1)
+    layers: list[int] | None = Field(None, description="SAE layers to read; None: all of the set.")
+    k: int = Field(10, ge=1, description="Top features per token.")
+    track: list[LayerFeature] = Field(default_factory=list, description="Features whose per-token activations to return.")
+    include_explanations: bool = True
+    prepend_bos: bool | None = Field(None, description="None: the SAE set's (or model's) default.")
+
+
+class FeatureActivation(Result):
+    index: int
+    activation: float
+    explanation: str | None = None
+
+
+class LayerTopK(Result):
+    layer: int
+    hook_name: str
+    d_sae: int
+    neuronpedia_id: str | None = None
+    top: list[list[FeatureActivation]] = Field(description="Per token, up to k active features, strongest first.")
+
+
+class TrackedActivations(Result):
+    layer: int
+    index: int
+    explanation: str | None = None
+    values: list[float] = Field(description="Activation on every token.")
+
+
+class AnalyzeResult(Result):
+    model: str
+    sae_set: str
+    tokens: list[TokenInfo]
+    layers: list[LayerTopK]
+    tracked: list[TrackedActivations] = Field(default_factory=list)
+    window: int | None = Field(None, description="Tokens were run in independent windows of this size.")
+    label: str | None = Field(None, description="Shown with results from a fallback or special model.")
+    elapsed_ms: float = 0.0

@@ -1,0 +1,72 @@
+"""One settings object for the app, the service and the CLI.
+
+Values come from environment variables prefixed ``FEATURESCOPE_`` (``FEATURESCOPE_BACKEND=remote``,
+``FEATURESCOPE_MAX_PROMPT_TOKENS=2048``); the UI layers Streamlit secrets on top (see app.py).
+Every limit a user can hit is a field here, so an operator can raise or lower it.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Limits(BaseSettings):
+    """Input limits. Each one is checked before any work starts and named in the refusal."""
+
+    model_config = SettingsConfigDict(env_prefix="FEATURESCOPE_", extra="ignore")
+
+    max_text_chars: int = Field(20_000, ge=1, description="Characters of text per request.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Tokens per analysed prompt.")
+    max_k: int = Field(100, ge=1, description="Top-k features per token.")
+    max_tracked_features: int = Field(64, ge=0, description="Tracked features per request.")
+    max_steer_features: int = Field(32, ge=0, description="Interventions per steering request.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens generated per steering run.")
+    max_feature_nodes: int = Field(10_000, ge=1, description="Feature nodes in a graph.")
+    max_graph_prompt_tokens: int = Field(256, ge=1, description="Tokens of a graph prompt.")
+    max_batch_size: int = Field(256, ge=1, description="Attribution batch size.")
+    max_compare_models: int = Field(4, ge=1, description="Models in one comparison.")
+    max_compare_sentences: int = Field(32, ge=1, description="Sentences in one comparison.")
+    max_examples: int = Field(200, ge=1, description="Max-activating examples per feature.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="HTTP request body size.")
+    lock_timeout_s: float = Field(120.0, gt=0, description="Wait for a busy model before 'busy'.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEATURESCOPE_", extra="ignore")
+
+    backend: Literal["local", "remote"] = "local"
+    remote_url: str | None = None
+    api_key: SecretStr | None = None
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="Memory for loaded models; default: 90% of the device's."
+    )
+    max_loaded_models: int = Field(2, ge=1)
+
+    default_model: str = "demo"
+    catalog_path: Path | None = Field(None, description="Extra catalog YAML merged over ours.")
+    data_dir: Path = Field(
+        Path.home() / ".cache" / "featurescope",
+        description="Where stores, built demo packs, saved explanations and graphs live.",
+    )
+    demo_dir: Path = Field(REPO_ROOT / "assets" / "demo", description="The offline demo pack.")
+
+    limits: Limits = Field(default_factory=Limits)
+
+    def store_dir(self) -> Path:
+        return self.data_dir / "stores"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
