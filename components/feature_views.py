@@ -1,0 +1,95 @@
+"""Tables and charts of an analysis: per-token top features, a heatmap, tracked features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from backend.schemas import AnalyzeResult, TrackedActivations
+from components.text import plot_label, visible
+
+
+def top_features_frame(result: AnalyzeResult, layers: Sequence[int]) -> pd.DataFrame:
+    """One row per (token, active feature) of the chosen layers, strongest first per token."""
+    rows = []
+    for lt in result.layers:
+        if lt.layer not in layers:
+            continue
+        for pos, feats in enumerate(lt.top):
+            tok = result.tokens[pos]
+            for rank, f in enumerate(feats):
+                rows.append({"pos": pos, "token": visible(tok.text), "layer": lt.layer, "feature": f.index,
+                             "id": f"{lt.layer}:{f.index}", "activation": round(f.activation, 4),
+                             "explanation": f.explanation or "", "rank": rank})
+    frame = pd.DataFrame(rows, columns=["pos", "token", "layer", "feature", "id", "activation",
+                                        "explanation", "rank"])
+    return frame.sort_values(["pos", "activation"], ascending=[True, False], ignore_index=True)
+
+
+def render_top_features_table(frame: pd.DataFrame, *, key: str) -> tuple[int, int] | None:
+    """The per-token table; selecting a row selects its feature (returns (layer, index))."""
+    if frame.empty:
+        st.caption("No feature is active on these tokens.")
+        return None
+    event = st.dataframe(
+        frame.drop(columns=["rank", "id"]),
+        key=key,
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "activation": st.column_config.ProgressColumn(
+                "activation", format="%.3f", min_value=0.0, max_value=float(frame["activation"].max() or 1.0)),
+            "explanation": st.column_config.TextColumn("explanation", width="large"),
+        },
+    )
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        row = frame.iloc[rows[0]]
+        return int(row["layer"]), int(row["feature"])
+    return None
+
+
+def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], max_features: int = 30) -> go.Figure:
+    """Tokens x top features (by peak activation); zero where a feature is not in a token's top-k."""
+    peak: dict[tuple[int, int], float] = {}
+    names: dict[tuple[int, int], str] = {}
+    for lt in result.layers:
+        if lt.layer not in layers:
+            continue
+        for feats in lt.top:
+            for f in feats:
+                key = (lt.layer, f.index)
+                peak[key] = max(peak.get(key, 0.0), f.activation)
+                names[key] = f.explanation or ""
+    chosen = sorted(peak, key=lambda k: -peak[k])[:max_features]
+    z = [[0.0] * len(result.tokens) for _ in chosen]
+    row_of = {k: i for i, k in enumerate(chosen)}
+    for lt in result.layers:
+        for pos, feats in enumerate(lt.top):
+            for f in feats:
+                i = row_of.get((lt.layer, f.index))
+                if i is not None:
+                    z[i][pos] = f.activation
+    x = [plot_label(t.text, t.position) for t in result.tokens]
+    y = [plot_label(f"{layer}:{index} {names[(layer, index)][:40]}".strip()) for layer, index in chosen]
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Oranges", hoverongaps=False,
+                               hovertemplate="%{y}<br>%{x}<br>activation %{z:.3f}<extra></extra>"))
+    fig.update_layout(height=max(260, 22 * len(chosen) + 120), margin=dict(l=10, r=10, t=30, b=10),
+                      yaxis=dict(autorange="reversed"), xaxis=dict(tickangle=-60))
+    return fig
+
+
+def tracked_figure(result: AnalyzeResult, tracked: Sequence[TrackedActivations]) -> go.Figure:
+    x = [plot_label(t.text, t.position) for t in result.tokens]
+    fig = go.Figure()
+    for t in tracked:
+        name = plot_label(f"{t.layer}:{t.index} {(t.explanation or '')[:30]}".strip())
+        fig.add_trace(go.Scatter(x=x, y=t.values, mode="lines+markers", name=name))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(tickangle=-60),
+                      yaxis_title="activation", legend=dict(orientation="h"))
+    return fig

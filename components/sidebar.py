@@ -1,0 +1,58 @@
+"""The shared sidebar: which backend, which model, which SAE set. The choice lives in the URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from backend.schemas import ModelInfo
+from components import state
+
+
+@dataclass(frozen=True)
+class Selection:
+    model: ModelInfo
+    sae_set: str | None
+
+
+def _model_label(m: ModelInfo) -> str:
+    size = f" · {m.memory_note}" if m.memory_note else ""
+    flag = "" if m.available else " (unavailable)"
+    return f"{m.display_name}{size}{flag}"
+
+
+def render_sidebar() -> Selection | None:
+    """Model and SAE-set pickers; returns the current choice (None if the catalog failed)."""
+    cat = state.catalog()
+    if cat is None:
+        return None
+    models = {m.id: m for m in cat.models}
+    if "model" not in st.session_state:
+        wanted = state.query_param("model", cat.default_model)
+        st.session_state["model"] = wanted if wanted in models else cat.default_model
+    with st.sidebar:
+        backend = state.backend()
+        st.caption(f"Backend: **{'in-process' if backend.kind == 'local' else 'remote'}**")
+        model_id = st.selectbox("Model", list(models), key="model",
+                                format_func=lambda mid: _model_label(models[mid]))
+        model = models[model_id]
+        if not model.available:
+            st.warning(model.availability, icon=":material/cloud_off:")
+        elif model.label:
+            st.info(model.label, icon=":material/science:")
+        else:
+            st.caption(model.availability)
+        sets = [s.id for s in model.sae_sets]
+        sae_set = None
+        if sets:
+            key = f"sae_set::{model_id}"
+            if key not in st.session_state:
+                wanted = state.query_param("sae_set")
+                st.session_state[key] = wanted if wanted in sets else sets[0]
+            names = {s.id: s.display_name for s in model.sae_sets}
+            sae_set = st.selectbox("SAE set", sets, key=key, format_func=lambda s: names[s])
+        else:
+            st.caption("This model has no SAE set in the catalog.")
+    state.set_query_params(model=model_id, sae_set=sae_set)
+    return Selection(model=model, sae_set=sae_set)

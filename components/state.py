@@ -1,0 +1,138 @@
+"""UI plumbing shared by every page: settings, the cached backend, errors, progress, URL state.
+
+Pages call `backend()` and never construct one; the backend is created once per process per
+(kind, URL, key) with `st.cache_resource`, so every session shares the loaded models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from backend import get_backend
+from backend.errors import BackendError, LimitExceeded, NotImplementedYet
+from backend.protocol import Backend
+from backend.schemas import CatalogResult, ModelInfo
+from backend.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+
+def _secrets() -> dict[str, Any]:
+    """FEATURESCOPE_* entries of Streamlit secrets, if a secrets file exists."""
+    try:
+        return {k: v for k, v in st.secrets.to_dict().items() if k.upper().startswith("FEATURESCOPE_")}
+    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+        return {}
+    except Exception:  # a malformed secrets.toml must not take the app down
+        return {}
+
+
+def settings() -> Settings:
+    """Environment settings, with Streamlit secrets as a second source."""
+    base = get_settings()
+    extra = {k.upper().removeprefix("FEATURESCOPE_").lower(): v for k, v in _secrets().items()}
+    if not extra:
+        return base
+    merged = {**base.model_dump(), **{k: v for k, v in extra.items() if k in Settings.model_fields}}
+    return Settings.model_validate(merged)
+
+
+@st.cache_resource(show_spinner="Starting the backend…")
+def _cached_backend(kind: str, remote_url: str | None, api_key: str | None) -> Backend:
+    s = settings().model_copy(update={"backend": kind, "remote_url": remote_url,
+                                      "api_key": api_key})
+    return get_backend(s)
+
+
+def backend() -> Backend:
+    s = settings()
+    kind = st.session_state.get("backend_kind", s.backend)
+    url = st.session_state.get("remote_url", s.remote_url)
+    key = s.api_key.get_secret_value() if s.api_key else None
+    return _cached_backend(kind, url, st.session_state.get("remote_key", key))
+
+
+def show_error(exc: BackendError) -> None:
+    """A BackendError, shown politely: what happened and what to do."""
+    if isinstance(exc, NotImplementedYet):
+        st.info(exc.message, icon=":material/construction:")
+    elif isinstance(exc, LimitExceeded):
+        st.warning(exc.message, icon=":material/straighten:")
+    else:
+        st.error(exc.message, icon=":material/error:")
+
+
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Run a backend call; show a BackendError and return None instead of raising."""
+    try:
+        return fn(*args, **kwargs)
+    except BackendError as exc:
+        show_error(exc)
+        return None
+
+
+@contextlib.contextmanager
+def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
+    """A status box with a progress bar, fed by the backend's progress callback."""
+    with st.status(label, expanded=False) as status:
+        bar = st.progress(0.0)
+
+        def update(fraction: float | None, message: str) -> None:
+            status.update(label=message)
+            if fraction is not None:
+                bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
+        yield update
+        bar.empty()
+        status.update(label=label.removesuffix("…") + " — done", state="complete")
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _catalog(kind: str) -> CatalogResult:
+    return backend().catalog()
+
+
+def catalog() -> CatalogResult | None:
+    try:
+        return _catalog(st.session_state.get("backend_kind", settings().backend))
+    except BackendError as exc:
+        show_error(exc)
+        return None
+
+
+def model_info(model_id: str) -> ModelInfo | None:
+    cat = catalog()
+    if cat is None:
+        return None
+    return next((m for m in cat.models if m.id == model_id), None)
+
+
+def query_param(name: str, default: str | None = None) -> str | None:
+    value = st.query_params.get(name)
+    return value if value not in (None, "") else default
+
+
+def set_query_params(**values: Any) -> None:
+    """Put shareable state in the URL; None removes a parameter."""
+    for name, value in values.items():
+        if value is None:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
+
+
+# Pages registered by app.py, by short name, so pages can link to each other when both exist.
+PAGES: dict[str, Any] = {}
+
+
+def page(name: str) -> Any | None:
+    return PAGES.get(name)
+
+
+def selection() -> Any | None:
+    """The sidebar's current choice (components.sidebar.Selection), set by app.py each run."""
+    return st.session_state.get("selection")
