@@ -1,0 +1,84 @@
+"""Offline, tiny, shared fixtures.
+
+The environment is fixed here, before anything imports huggingface_hub: no network, a private
+Hugging Face cache (filled by `hf_cache` with tiny models under real repo names) and a private
+Featurescope data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_ROOT = Path(tempfile.mkdtemp(prefix="featurescope-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_ROOT / "hf")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["FEATURESCOPE_DATA_DIR"] = str(_ROOT / "data")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _name in list(os.environ):
+    if _name.startswith("FEATURESCOPE_") and _name != "FEATURESCOPE_DATA_DIR":
+        del os.environ[_name]
+
+import pytest  # noqa: E402
+
+from tests import hf_fixtures  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT = REPO / "test-output"
+
+
+@pytest.fixture(scope="session")
+def test_root() -> Path:
+    return _ROOT
+
+
+@pytest.fixture(scope="session")
+def hf_cache() -> Path:
+    """The hub cache with tiny `gpt2` and res-jb SAEs (built once per session)."""
+    hub = Path(os.environ["HF_HOME"]) / "hub"
+    if not (hub / "models--gpt2").exists():
+        hf_fixtures.build_tiny_gpt2(hub)
+        hf_fixtures.build_res_jb_saes(hub)
+    return hub
+
+
+@pytest.fixture(scope="session")
+def topk_catalog(test_root: Path) -> Path:
+    """A user catalog adding the Modal design's TopK SAE (layer 8, k=8, 64-token windows) to GPT-2."""
+    ckpt = test_root / "topk" / "sae_e32_k32-final.pt"
+    hf_fixtures.write_topk_checkpoint(ckpt, hf_fixtures.TINY_GPT2["n_embd"], 128)
+    path = test_root / "topk-catalog.yaml"
+    path.write_text(
+        "models:\n"
+        "  gpt2-small:\n"
+        "    sae_sets:\n"
+        "      topk-l8:\n"
+        "        display_name: TopK SAE, layer 8 (Modal design)\n"
+        "        source: topk_checkpoint\n"
+        f"        path: {ckpt}\n"
+        "        hook: blocks.{layer}.hook_resid_pre\n"
+        "        layers: [8]\n"
+        "        d_sae: 128\n"
+        "        k: 8\n"
+        "        window: 64\n"
+        "        prepend_bos: false\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def backend(hf_cache: Path, topk_catalog: Path):
+    """One LocalBackend for the session (models load once), with the TopK set in its catalog."""
+    from backend.local import LocalBackend
+    from backend.settings import Settings
+
+    return LocalBackend(Settings(catalog_path=topk_catalog))
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT

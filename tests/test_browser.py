@@ -1,0 +1,93 @@
+"""The real app in headless Chromium: type, analyse, hover, select; a screenshot for people."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+CHROMIUM = "/usr/bin/chromium"
+XSS = "A <script>alert(1)</script> test <img src=x onerror=alert(1)> here"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(hf_cache):
+    port = free_port()
+    env = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited: {proc.stdout.read()}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not become healthy in 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: `make browser`)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def test_highlighter_in_chromium(server, browser, output_dir):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(server, wait_until="domcontentloaded")
+    area = page.locator("textarea").first
+    area.wait_for(timeout=120_000)
+    area.fill(XSS)
+    page.get_by_role("button", name="Analyse").click()
+    tokens = page.locator(".fs-tok")
+    tokens.first.wait_for(timeout=180_000)
+    texts = tokens.all_inner_texts()
+    shown = "".join(texts).replace("\u00b7", " ")
+    assert "<script>alert(1)</script>" in shown and "<img src=x onerror=alert(1)>" in shown
+    assert page.locator("img[src='x']").count() == 0, "no token may become an element"
+    # Hover a token: its top features appear; click the first to select it.
+    tokens.nth(3).hover()
+    feature = page.locator(".fs-tip .feat").first
+    feature.wait_for(timeout=30_000)
+    feature_id = feature.locator(".id").inner_text()
+    feature.click()
+    page.wait_for_url(f"**feature={feature_id.replace(':', '%3A')}**", timeout=60_000)
+    page.get_by_text(f"Selected feature {feature_id}").wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(output_dir / "highlighter.png"), full_page=True)
+    assert dialogs == [], "an alert ran: markup was injected"

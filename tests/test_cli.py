@@ -1,0 +1,51 @@
+"""`python -m backend ...` prints the protocol's result models as JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from backend.schemas import AnalyzeResult, CatalogResult, InfoResult
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_info_and_catalog(hf_cache):
+    info = run_cli("info")
+    assert info.returncode == 0, info.stderr
+    assert InfoResult.model_validate_json(info.stdout).device.kind == "cpu"
+    cat = run_cli("catalog")
+    assert cat.returncode == 0, cat.stderr
+    models = {m.id: m for m in CatalogResult.model_validate_json(cat.stdout).models}
+    assert {"demo", "gpt2-small", "gemma-2-2b", "gemma-2-2b-it", "llama-3.1-8b"} <= set(models)
+    assert models["gpt2-small"].available, "the tiny gpt2 is in the local cache"
+    assert not models["llama-3.1-8b"].available and "HF_HUB_OFFLINE" in models["llama-3.1-8b"].availability
+
+
+def test_analyze_one_layer_matches_the_backend(backend):
+    from backend.schemas import AnalyzeRequest, LayerFeature
+
+    text = "Offline <b>tokens</b> & more"
+    out = run_cli("analyze", "--model", "gpt2-small", "--text", text, "--layer", "4", "--k", "3",
+                  "--track", "4:9")
+    assert out.returncode == 0, out.stderr
+    got = AnalyzeResult.model_validate_json(out.stdout)
+    want = backend.analyze(AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=text, layers=[4], k=3,
+                                          track=[LayerFeature(layer=4, index=9)]))
+    assert got.tokens == want.tokens
+    assert got.layers == want.layers
+    assert got.tracked == want.tracked
+    assert "Loading" in out.stderr, "progress goes to stderr"
+
+
+def test_errors_are_json_on_stderr_with_status_2(hf_cache):
+    out = run_cli("analyze", "--model", "nope", "--text", "hi")
+    assert out.returncode == 2
+    err = json.loads(out.stderr.strip().splitlines()[-1])
+    assert err["error"] == "not_found" and "gpt2-small" in err["message"]
+    bad = run_cli("analyze", "--model", "demo", "--text", "hi", "--k", "0")
+    assert bad.returncode == 2
+    assert json.loads(bad.stderr.strip().splitlines()[-1])["error"] == "invalid_request"
