@@ -18,12 +18,12 @@ def top_features_frame(result: AnalyzeResult, layers: Sequence[int]) -> pd.DataF
     for lt in result.layers:
         if lt.layer not in layers:
             continue
-        for pos, feats in enumerate(lt.top):
-            tok = result.tokens[pos]
-            for rank, f in enumerate(feats):
-                rows.append({"pos": pos, "token": visible(tok.text), "layer": lt.layer, "feature": f.index,
-                             "id": f"{lt.layer}:{f.index}", "activation": round(f.activation, 4),
-                             "explanation": f.explanation or "", "rank": rank})
+        for pos, (indices, values) in enumerate(zip(lt.indices, lt.values)):
+            tok = visible(result.tokens[pos].text)
+            for rank, (index, value) in enumerate(zip(indices, values)):
+                rows.append({"pos": pos, "token": tok, "layer": lt.layer, "feature": index,
+                             "id": f"{lt.layer}:{index}", "activation": round(value, 4),
+                             "explanation": lt.explanations.get(index, ""), "rank": rank})
     frame = pd.DataFrame(rows, columns=["pos", "token", "layer", "feature", "id", "activation",
                                         "explanation", "rank"])
     return frame.sort_values(["pos", "activation"], ascending=[True, False], ignore_index=True)
@@ -61,20 +61,20 @@ def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], max_features: i
     for lt in result.layers:
         if lt.layer not in layers:
             continue
-        for feats in lt.top:
-            for f in feats:
-                key = (lt.layer, f.index)
-                peak[key] = max(peak.get(key, 0.0), f.activation)
-                names[key] = f.explanation or ""
+        for indices, values in zip(lt.indices, lt.values):
+            for index, value in zip(indices, values):
+                key = (lt.layer, index)
+                peak[key] = max(peak.get(key, 0.0), value)
+                names[key] = lt.explanations.get(index, "")
     chosen = sorted(peak, key=lambda k: -peak[k])[:max_features]
     z = [[0.0] * len(result.tokens) for _ in chosen]
     row_of = {k: i for i, k in enumerate(chosen)}
     for lt in result.layers:
-        for pos, feats in enumerate(lt.top):
-            for f in feats:
-                i = row_of.get((lt.layer, f.index))
+        for pos, (indices, values) in enumerate(zip(lt.indices, lt.values)):
+            for index, value in zip(indices, values):
+                i = row_of.get((lt.layer, index))
                 if i is not None:
-                    z[i][pos] = f.activation
+                    z[i][pos] = value
     x = [plot_label(t.text, t.position) for t in result.tokens]
     y = [plot_label(f"{layer}:{index} {names[(layer, index)][:40]}".strip()) for layer, index in chosen]
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Oranges", hoverongaps=False,

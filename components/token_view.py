@@ -142,8 +142,9 @@ def token_view_data(result: AnalyzeResult, layers: Sequence[int], selected: tupl
     by_layer = {lt.layer: lt for lt in result.layers if lt.layer in layers}
     features = []
     for pos in range(len(result.tokens)):
-        row = [[layer, f.index, round(f.activation, 4), f.explanation or ""]
-               for layer, lt in by_layer.items() for f in lt.top[pos]]
+        row = [[layer, index, round(value, 4), lt.explanations.get(index, "")]
+               for layer, lt in by_layer.items()
+               for index, value in zip(lt.indices[pos], lt.values[pos])]
         row.sort(key=lambda f: -f[2])
         features.append(row[:12])
     values = list(selected_values) if selected_values is not None else None

@@ -37,9 +37,10 @@ def test_gpt2_res_jb_topk_equals_saelens_encode(backend):
         hook = f"blocks.{lt.layer}.hook_resid_pre"
         sae = SAE.from_pretrained("gpt2-small-res-jb", hook)
         vals, idx, _ = reference_topk(model, sae, hook, TEXT, k)
-        assert len(lt.top) == len(result.tokens) == vals.shape[0]
+        assert len(lt.indices) == len(lt.values) == len(result.tokens) == vals.shape[0]
         n_compared = 0
-        for pos, feats in enumerate(lt.top):
+        for pos in range(len(result.tokens)):
+            feats = lt.features_at(pos)
             expected = [(int(i), float(v)) for v, i in zip(vals[pos], idx[pos]) if v > 0]
             assert [f.index for f in feats] == [i for i, _ in expected]
             assert [f.activation for f in feats] == pytest.approx([v for _, v in expected], rel=1e-5, abs=1e-6)
@@ -125,8 +126,8 @@ def test_topk_checkpoint_matches_seed_reimplementation(backend, test_root):
     z = seed_analyze(model, SeedTopKSAE(state, k=8), text)
     assert z.shape[0] == len(result.tokens)
     (lt,) = result.layers
-    for pos, feats in enumerate(lt.top):
-        nz = z[pos]
+    for pos in range(len(result.tokens)):
+        feats, nz = lt.features_at(pos), z[pos]
         expected = sorted(((int(i), float(nz[i])) for i in torch.nonzero(nz > 0).flatten()), key=lambda p: -p[1])
         assert [f.index for f in feats] == [i for i, _ in expected]
         assert [f.activation for f in feats] == pytest.approx([v for _, v in expected], rel=1e-4, abs=1e-5)

@@ -58,7 +58,9 @@ def test_highlighter_shows_tokens_as_text_never_markup(analysed, backend):
     # The per-token table holds the same features as the backend, token by token.
     frame = analysed.dataframe[0].value
     assert isinstance(frame, pd.DataFrame)
-    expected_rows = [(pos, f.index, f.activation) for pos, feats in enumerate(want.layers[0].top) for f in feats]
+    lt = want.layers[0]
+    expected_rows = [(pos, i, v) for pos, (idx, vals) in enumerate(zip(lt.indices, lt.values))
+                     for i, v in zip(idx, vals)]
     got_rows = list(zip(frame["pos"], frame["feature"], frame["activation"]))
     assert [(p, i) for p, i, _ in got_rows] == [(p, i) for p, i, _ in expected_rows]
     assert [a for _, _, a in got_rows] == pytest.approx([round(a, 4) for _, _, a in expected_rows], abs=1e-4)
@@ -83,7 +85,7 @@ def test_shared_url_restores_text_and_selected_feature(hf_cache, backend):
     want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=3,
                                           track=[LayerFeature(layer=1, index=7)]))
     assert [[f[1] for f in feats] for feats in data["features"]] == \
-        [[f.index for f in feats] for feats in want.layers[0].top]
+        want.layers[0].indices
     assert data["values"] == pytest.approx(want.tracked[0].values, abs=1e-6)
     assert "Selected feature `1:7`" in all_markup(at)
     assert at.query_params["feature"] == "1:7" and at.query_params["k"] == "3"

@@ -17,7 +17,7 @@ import torch
 
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.local.dictionaries import FeatureDictionary
-from backend.schemas import FeatureActivation, LayerTopK, TokenInfo, TrackedActivations
+from backend.schemas import LayerTopK, TokenInfo, TrackedActivations
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -44,6 +44,15 @@ class Tokenized:
     window: int | None
 
 
+def token_texts(tok, ids: Sequence[int]) -> list[str]:
+    """Each token's own text, exactly as decoded (no clean-up of spaces), in one call when the
+    tokenizer is a fast one."""
+    backend_tok = getattr(tok, "backend_tokenizer", None)
+    if backend_tok is not None:
+        return backend_tok.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+
 def tokenize(model, text: str, *, prepend_bos: bool, window: int | None, max_tokens: int) -> Tokenized:
     """Tokenise `text`, refusing what exceeds the limits, optionally into fixed windows.
 
@@ -65,7 +74,7 @@ def tokenize(model, text: str, *, prepend_bos: bool, window: int | None, max_tok
         which = "FEATURESCOPE_MAX_PROMPT_TOKENS" if limit == max_tokens else "the model's context"
         raise LimitExceeded("The text (tokens)", n, limit, f"Shorten it; the limit is {which}.")
     special = set(tok.all_special_ids)
-    pieces = [tok.decode([i]) for i in ids]
+    pieces = token_texts(tok, ids)
     tokens = [TokenInfo(position=p, id=i, text=s, special=i in special)
               for p, (i, s) in enumerate(zip(ids, pieces))]
     if window:
@@ -133,14 +142,14 @@ def to_results(
     layers: list[LayerTopK] = []
     for d in top_layers:
         vals, idx, _ = captured[d.layer]
+        counts = (vals > 0).sum(-1).tolist()  # top-k is sorted, so the firing ones come first
+        indices = [row[:n] for row, n in zip(idx.tolist(), counts)]
+        values = [row[:n] for row, n in zip(vals.tolist(), counts)]
         names = explain.get(d.layer, {})
-        per_token = [
-            [FeatureActivation(index=i, activation=v, explanation=names.get(i))
-             for v, i in zip(v_row, i_row) if v > 0]
-            for v_row, i_row in zip(vals.tolist(), idx.tolist())
-        ]
+        listed = {i for row in indices for i in row}
         layers.append(LayerTopK(layer=d.layer, hook_name=d.hook_name, d_sae=d.d_sae,
-                                neuronpedia_id=neuronpedia.get(d.layer), top=per_token))
+                                neuronpedia_id=neuronpedia.get(d.layer), indices=indices, values=values,
+                                explanations={i: names[i] for i in listed if i in names}))
     tracked_out: list[TrackedActivations] = []
     for layer, indices in track.items():
         columns = captured[layer][2]

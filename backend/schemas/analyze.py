@@ -25,11 +25,21 @@ class FeatureActivation(Result):
 
 
 class LayerTopK(Result):
+    """One layer's top-k, column-wise: row `pos` of `indices` and `values` is token `pos`'s active
+    features, strongest first (only those that fire, so rows can be shorter than k). Columns keep
+    a 1,000-token, 26-layer answer small on the wire and cheap to build; `features_at` gives rows."""
+
     layer: int
     hook_name: str
     d_sae: int
     neuronpedia_id: str | None = None
-    top: list[list[FeatureActivation]] = Field(description="Per token, up to k active features, strongest first.")
+    indices: list[list[int]] = Field(description="Per token, up to k active feature indices, strongest first.")
+    values: list[list[float]] = Field(description="Their activations, row by row.")
+    explanations: dict[int, str] = Field(default_factory=dict, description="Known explanations of the listed features.")
+
+    def features_at(self, pos: int) -> list[FeatureActivation]:
+        return [FeatureActivation(index=i, activation=v, explanation=self.explanations.get(i))
+                for i, v in zip(self.indices[pos], self.values[pos])]
 
 
 class TrackedActivations(Result):
