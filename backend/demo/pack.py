@@ -7,8 +7,13 @@ A pack is a directory:
     model/model.safetensors           the HookedTransformer state dict
     tokenizer/                        a Hugging Face fast tokenizer (tokenizer.json + config)
     saes/<set>/layer_<L>/             SAELens format: cfg.json, sae_weights.safetensors
-    transcoders/<set>/                circuit-tracer transcoders (see the manifest entry)
-    explanations/<set>.json           {"<layer>": {"<index>": "explanation"}}
+    transcoders/<set>/layer_<L>.safetensors
+                                      circuit-tracer per-layer transcoders, one file per layer, in
+                                      the format its `load_relu_transcoder` reads: W_enc and W_dec
+                                      [d_transcoder, d_model], b_enc, b_dec, and for JumpReLU
+                                      `activation_function.threshold`; they read `hook_resid_mid`
+                                      and write `hook_mlp_out` (manifest: feature_*_hook)
+    explanations/<set>.json           {"<layer>": {"<index>": "explanation"}} (SAE or transcoder set)
 
 The trained pack lives in assets/demo (settings.demo_dir). When it is missing, a tiny random pack
 with the same layout is built once under settings.data_dir and labelled as such.
@@ -27,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from backend.errors import ModelUnavailable
 
 FORMAT = "featurescope-demo"
-VERSION = 1
+VERSION = 2  # 2: transcoder sets in circuit-tracer's per-layer format
 TINY_LABEL = "tiny random model built locally: the trained demo pack is not installed"
 
 
@@ -44,10 +49,13 @@ class PackSaeSet(BaseModel):
 class PackTranscoderSet(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    dir: str
+    dir: str = Field(description="Directory holding layer_<L>.safetensors.")
     layers: list[int]
     d_transcoder: int
     kind: str = "per_layer"
+    feature_input_hook: str = "hook_resid_mid"
+    feature_output_hook: str = "hook_mlp_out"
+    explanations: str | None = None
 
 
 class Manifest(BaseModel):
@@ -103,11 +111,28 @@ class DemoPack:
     def sae_dir(self, set_id: str, layer: int) -> Path:
         return self.root / self.sae_set(set_id).dir / f"layer_{layer}"
 
-    def transcoder_dir(self, set_id: str) -> Path:
-        return self.root / self.manifest.transcoder_sets[set_id].dir
+    def transcoder_set(self, set_id: str) -> PackTranscoderSet:
+        try:
+            return self.manifest.transcoder_sets[set_id]
+        except KeyError:
+            raise ModelUnavailable(
+                f"The demo pack has no transcoder set '{set_id}'; it has "
+                f"{sorted(self.manifest.transcoder_sets)}."
+            ) from None
+
+    def transcoder_paths(self, set_id: str) -> dict[int, Path]:
+        """layer -> safetensors file, for circuit-tracer's `load_transcoder_set`."""
+        tc = self.transcoder_set(set_id)
+        return {layer: self.root / tc.dir / f"layer_{layer}.safetensors" for layer in tc.layers}
 
     def explanations(self, set_id: str) -> dict[int, dict[int, str]]:
-        rel = self.sae_set(set_id).explanations if set_id in self.manifest.sae_sets else None
+        """Explanations of an SAE set or a transcoder set of the pack (empty when it has none)."""
+        if set_id in self.manifest.sae_sets:
+            rel = self.manifest.sae_sets[set_id].explanations
+        elif set_id in self.manifest.transcoder_sets:
+            rel = self.manifest.transcoder_sets[set_id].explanations
+        else:
+            rel = None
         if rel is None or not (self.root / rel).exists():
             return {}
         raw = json.loads((self.root / rel).read_text())
@@ -117,13 +142,22 @@ class DemoPack:
 _build_lock = threading.Lock()
 
 
+def _current(manifest: Path) -> bool:
+    """Whether a (tiny, rebuildable) pack exists in this version's format."""
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return m.get("format") == FORMAT and m.get("version") == VERSION
+
+
 @functools.cache
 def _find(demo_dir: Path, data_dir: Path) -> DemoPack:
     if (demo_dir / "manifest.json").exists():
         return DemoPack(demo_dir)
     tiny_dir = data_dir / "tiny-demo"
     with _build_lock:
-        if not (tiny_dir / "manifest.json").exists():
+        if not _current(tiny_dir / "manifest.json"):
             from backend.demo.tiny import build_tiny_pack
 
             build_tiny_pack(tiny_dir)

@@ -27,6 +27,7 @@ CONFIG_FIELDS = (
 
 TINY_SHAPE = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256, "n_ctx": 512}
 TINY_D_SAE = 256
+TINY_D_TRANSCODER = 128
 TINY_VOCAB = 512
 SPECIAL = "<|endoftext|>"
 
@@ -130,6 +131,19 @@ def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
             )
             StandardSAE(sae_cfg).save_model(tmp / "saes" / "res" / f"layer_{layer}")
 
+        # Per-layer ReLU transcoders (resid_mid -> mlp_out) in circuit-tracer's safetensors format.
+        gen = torch.Generator().manual_seed(seed + 1)
+        d, t = cfg.d_model, TINY_D_TRANSCODER
+        (tmp / "transcoders" / "demo").mkdir(parents=True)
+        for layer in range(cfg.n_layers):
+            w_enc = torch.randn(t, d, generator=gen) / d**0.5
+            save_file({
+                "W_enc": w_enc.contiguous(),
+                "W_dec": (torch.randn(t, d, generator=gen) / t**0.5).contiguous(),
+                "b_enc": (torch.randn(t, generator=gen) * 0.1).contiguous(),
+                "b_dec": torch.zeros(d),
+            }, str(tmp / "transcoders" / "demo" / f"layer_{layer}.safetensors"))
+
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -139,7 +153,11 @@ def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
                 "res": {"hook": hook, "layers": list(range(cfg.n_layers)), "d_sae": TINY_D_SAE,
                         "dir": "saes/res", "explanations": None},
             },
-            "transcoder_sets": {},
+            "transcoder_sets": {
+                "demo": {"dir": "transcoders/demo", "layers": list(range(cfg.n_layers)),
+                         "d_transcoder": TINY_D_TRANSCODER, "kind": "per_layer",
+                         "feature_input_hook": "hook_resid_mid", "feature_output_hook": "hook_mlp_out"},
+            },
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if out_dir.exists():
