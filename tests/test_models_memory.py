@@ -84,3 +84,23 @@ def test_environment_detection(env, kind):
     info = compute.detect_environment(env)
     assert info.kind == kind
     assert set(info.details) <= set(env)
+
+
+def test_demo_transcoders_load_as_dictionaries_matching_circuit_tracer(backend):
+    """The pack's transcoders through the ModelManager: encode is circuit-tracer's, hooks are
+    resid_mid in, mlp_out out, and they are accounted beside the SAEs."""
+    import torch
+    from circuit_tracer.transcoder.single_layer_transcoder import load_relu_transcoder
+
+    entry = backend.model_entry("demo")
+    tc_set = entry.transcoder_set("demo")
+    loaded = backend.load("demo")
+    (d,) = backend.models.transcoders(loaded, tc_set, [1])
+    assert (d.hook_name, d.out_hook_name) == ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")
+    assert "tc:demo" in loaded.loaded_layers()
+    ref = load_relu_transcoder(str(backend.pack().transcoder_paths("demo")[1]), 1, device=torch.device("cpu"),
+                               lazy_encoder=False, lazy_decoder=False)
+    x = torch.randn(5, d.d_in)
+    assert torch.allclose(d.encode(x), ref.encode(x))
+    assert torch.allclose(d.decode(d.encode(x)), ref.decode(ref.encode(x)), atol=1e-6)
+    assert d.w_dec.shape == (d.d_sae, d.d_in)

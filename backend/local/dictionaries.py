@@ -8,6 +8,12 @@ A dictionary reads one hook point and turns its activations into feature activat
 `SaeLensDictionary` delegates to SAELens' own `encode`/`decode`, so every SAELens architecture
 (standard, JumpReLU, TopK, gated) behaves exactly as in SAELens.
 
+Each dictionary also names where its reconstruction belongs (`out_hook_name`): the same hook for
+an SAE, `hook_mlp_out` for a transcoder that reads `hook_resid_mid`. Steering writes there.
+
+`TranscoderDictionary` wraps one of circuit-tracer's per-layer transcoders, delegating `encode`
+to it, so steering and the feature browser see transcoder features as attribution does.
+
 `TopKCheckpoint` is the seed's TopK SAE: a checkpoint whose `ema_sae` state dict holds
 `W_dec` (d_model x n_latents), `W_enc` (n_latents x d_model) and `b_pre` (d_model). Inputs are
 mean-centred and L2-normalised per token before encoding; the top k pre-activations are kept
@@ -36,6 +42,10 @@ class SaeLensDictionary:
     layer: int
 
     @property
+    def out_hook_name(self) -> str:
+        return self.hook_name
+
+    @property
     def d_in(self) -> int:
         return int(self.sae.cfg.d_in)
 
@@ -62,6 +72,44 @@ class SaeLensDictionary:
         return self.sae.decode(z.to(self.dtype))
 
 
+@dataclass
+class TranscoderDictionary:
+    """One layer of a circuit-tracer per-layer transcoder set: reads `hook_name` (the MLP's input,
+    `blocks.L.hook_resid_mid`), writes `out_hook_name` (`blocks.L.hook_mlp_out`)."""
+
+    transcoder: Any  # circuit_tracer.transcoder.SingleLayerTranscoder
+    hook_name: str
+    out_hook_name: str
+    layer: int
+
+    @property
+    def d_in(self) -> int:
+        return int(self.transcoder.d_model)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.transcoder.d_transcoder)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transcoder.b_enc.dtype
+
+    @property
+    def w_dec(self) -> torch.Tensor:
+        return self.transcoder.W_dec
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.transcoder)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transcoder.encode(x.to(self.dtype))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The features' part of the MLP output (the skip connection, if any, needs the input)."""
+        return z.to(self.dtype) @ self.transcoder.W_dec + self.transcoder.b_dec
+
+
 class TopKCheckpoint(torch.nn.Module):
     """The seed's TopK SAE, loaded without unpickling (weights_only=True or safetensors)."""
 
@@ -85,6 +133,10 @@ class TopKCheckpoint(torch.nn.Module):
         self.k = k
         self.hook_name = hook_name
         self.layer = layer
+
+    @property
+    def out_hook_name(self) -> str:
+        return self.hook_name
 
     @property
     def d_in(self) -> int:
@@ -151,4 +203,4 @@ class TopKCheckpoint(torch.nn.Module):
         return module.to(device).eval()
 
 
-FeatureDictionary = SaeLensDictionary | TopKCheckpoint
+FeatureDictionary = SaeLensDictionary | TopKCheckpoint | TranscoderDictionary

@@ -5,6 +5,8 @@
 - Local SAE directories: `SAE.load_from_disk(path)`.
 - TopK checkpoints of the Modal design: `TopKCheckpoint.load` (weights_only / safetensors).
 - The demo pack: a HookedTransformer built from the pack's config and safetensors weights.
+- Transcoders: circuit-tracer's own loaders (`load_relu_transcoder` for the pack's per-layer
+  files, `load_transcoder_from_hub` for the catalog's hub sets).
 
 Failures become `ModelUnavailable` with what to do (go online, log in for a gated model, ...).
 """
@@ -17,10 +19,15 @@ from typing import Any
 
 import torch
 
-from backend.catalog import ModelEntry, SaeSetEntry
+from backend.catalog import ModelEntry, SaeSetEntry, TranscoderSetEntry
 from backend.demo.pack import DemoPack
 from backend.errors import InvalidRequest, ModelUnavailable
-from backend.local.dictionaries import FeatureDictionary, SaeLensDictionary, TopKCheckpoint
+from backend.local.dictionaries import (
+    FeatureDictionary,
+    SaeLensDictionary,
+    TopKCheckpoint,
+    TranscoderDictionary,
+)
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -108,3 +115,47 @@ def load_dictionary(
             "Fix the catalog's 'hook' template."
         )
     return SaeLensDictionary(sae=sae.eval(), hook_name=hook, layer=layer)
+
+
+def load_transcoders(
+    entry: ModelEntry, tc_set: TranscoderSetEntry, layers: list[int], device: str, dtype: str,
+    pack: DemoPack | None,
+) -> dict[int, TranscoderDictionary]:
+    """Per-layer transcoders of `tc_set` at `layers`, as feature dictionaries on `device`."""
+    import torch
+
+    if tc_set.kind != "per_layer":
+        raise InvalidRequest(
+            f"{tc_set.display_name} is a cross-layer transcoder: its features write to every later "
+            "layer, so they cannot be read or steered one layer at a time. Use it for attribution graphs."
+        )
+    if tc_set.source == "demo":
+        from circuit_tracer.transcoder.single_layer_transcoder import load_relu_transcoder
+
+        if pack is None:
+            raise ModelUnavailable("The demo pack is not available. Run `make demo`.")
+        meta, paths = pack.transcoder_set(tc_set.id), pack.transcoder_paths(tc_set.id)
+        missing = [layer for layer in layers if layer not in paths]
+        if missing:
+            raise InvalidRequest(f"{tc_set.display_name} has no transcoder at layer(s) {missing}; "
+                                 f"its layers are {sorted(paths)}.")
+        loaded = {layer: load_relu_transcoder(str(paths[layer]), layer, device=torch.device(device),
+                                              dtype=TORCH_DTYPES[dtype], lazy_encoder=False,
+                                              lazy_decoder=False) for layer in layers}
+        in_hook, out_hook = meta.feature_input_hook, meta.feature_output_hook
+    else:
+        from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+
+        try:
+            tset, _ = load_transcoder_from_hub(tc_set.circuit_tracer, device=torch.device(device),
+                                               dtype=TORCH_DTYPES[dtype], lazy_decoder=False)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"Could not load {tc_set.display_name}. {_hub_advice(entry, exc)}") from exc
+        missing = [layer for layer in layers if not 0 <= layer < len(tset)]
+        if missing:
+            raise InvalidRequest(f"{tc_set.display_name} has no transcoder at layer(s) {missing}.")
+        loaded = {layer: tset[layer] for layer in layers}
+        in_hook, out_hook = tset.feature_input_hook, tset.feature_output_hook
+    return {layer: TranscoderDictionary(transcoder=t.eval(), hook_name=f"blocks.{layer}.{in_hook}",
+                                        out_hook_name=f"blocks.{layer}.{out_hook}", layer=layer)
+            for layer, t in loaded.items()}

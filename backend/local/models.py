@@ -22,14 +22,19 @@ from typing import Any
 import torch
 
 from backend import compute
-from backend.catalog import ModelEntry, SaeSetEntry
+from backend.catalog import ModelEntry, SaeSetEntry, TranscoderSetEntry
 from backend.demo.pack import DemoPack
 from backend.errors import Busy, DoesNotFit, NotFound
 from backend.local.dictionaries import FeatureDictionary
-from backend.local.loading import load_dictionary, load_model
+from backend.local.loading import load_dictionary, load_model, load_transcoders
 from backend.protocol import Progress, no_progress
 
 GB = compute.GB
+
+
+def transcoder_key(set_id: str) -> str:
+    """Transcoders live beside the SAEs in `LoadedModel.dictionaries` under this set key."""
+    return f"tc:{set_id}"
 
 
 def module_bytes(module: Any) -> int:
@@ -192,7 +197,6 @@ class ModelManager:
     def dictionaries(self, loaded: LoadedModel, sae_set: SaeSetEntry, layers: Sequence[int],
                      progress: Progress | None = None) -> list[FeatureDictionary]:
         """The SAEs of `sae_set` at `layers` for `loaded`, loading the missing ones."""
-        progress = progress or no_progress
         valid = set(sae_set.layers or ())
         bad = [layer for layer in layers if layer not in valid]
         if bad:
@@ -200,24 +204,49 @@ class ModelManager:
                 f"SAE set '{sae_set.id}' has no SAE at layer(s) {bad}; its layers are "
                 f"{sorted(valid)}.", layers=bad,
             )
-        missing = [layer for layer in layers if (sae_set.id, layer) not in loaded.dictionaries]
+        pack = self._pack() if sae_set.source == "demo" else None
+
+        def load(missing: list[int]) -> dict[int, FeatureDictionary]:
+            out = {}
+            for i, layer in enumerate(missing):
+                progress_(i / len(missing), f"Loading SAE {sae_set.display_name}, layer {layer} "
+                                            f"({i + 1}/{len(missing)})…")
+                out[layer] = load_dictionary(loaded.entry, sae_set, layer, self.device, pack)
+            return out
+
+        progress_ = progress or no_progress
+        return self._dictionaries(loaded, sae_set.id, sae_set.display_name, sae_set.d_sae, layers, load,
+                                  progress_)
+
+    def transcoders(self, loaded: LoadedModel, tc_set: TranscoderSetEntry, layers: Sequence[int],
+                    progress: Progress | None = None) -> list[FeatureDictionary]:
+        """The per-layer transcoders of `tc_set` at `layers` for `loaded`, as feature dictionaries
+        (kept beside the SAEs under the key `tc:<set id>`)."""
+        progress_ = progress or no_progress
+        pack = self._pack() if tc_set.source == "demo" else None
+
+        def load(missing: list[int]) -> dict[int, FeatureDictionary]:
+            progress_(None, f"Loading {tc_set.display_name}, layer(s) {missing}…")
+            return load_transcoders(loaded.entry, tc_set, missing, self.device, loaded.dtype, pack)
+
+        return self._dictionaries(loaded, transcoder_key(tc_set.id), tc_set.display_name, tc_set.d_transcoder,
+                                  layers, load, progress_)
+
+    def _dictionaries(self, loaded: LoadedModel, key: str, name: str, width: int | None, layers: Sequence[int],
+                      load: Callable[[list[int]], dict[int, FeatureDictionary]],
+                      progress: Progress) -> list[FeatureDictionary]:
+        missing = [layer for layer in dict.fromkeys(layers) if (key, layer) not in loaded.dictionaries]
         if missing:
-            per_layer = compute.sae_bytes(loaded.entry.d_model or 0, sae_set.d_sae or 0)
-            need = per_layer * len(missing)
+            need = compute.sae_bytes(loaded.entry.d_model or 0, width or 0) * len(missing)
             if not self._make_room(need, keep=loaded.key):
-                raise self._refuse(f"{len(missing)} SAE layer(s) of {sae_set.display_name}", need,
-                                   loaded.entry, "")
-            pack = self._pack() if sae_set.source == "demo" else None
+                raise self._refuse(f"{len(missing)} layer(s) of {name}", need, loaded.entry, "")
             with loaded.lock:
-                for i, layer in enumerate(missing):
-                    if (sae_set.id, layer) in loaded.dictionaries:
-                        continue
-                    progress(i / len(missing), f"Loading SAE {sae_set.display_name}, layer {layer} "
-                                               f"({i + 1}/{len(missing)})…")
-                    loaded.dictionaries[(sae_set.id, layer)] = load_dictionary(
-                        loaded.entry, sae_set, layer, self.device, pack)
-            progress(1.0, f"Loaded {len(missing)} SAE layer(s)")
-        return [loaded.dictionaries[(sae_set.id, layer)] for layer in layers]
+                missing = [layer for layer in missing if (key, layer) not in loaded.dictionaries]
+                if missing:
+                    for layer, d in load(missing).items():
+                        loaded.dictionaries[(key, layer)] = d
+            progress(1.0, f"Loaded {len(missing)} layer(s) of {name}")
+        return [loaded.dictionaries[(key, layer)] for layer in layers]
 
     def unload(self, model_id: str | None) -> list[str]:
         """Unload one model (every variant of it) or all; returns the keys unloaded."""
