@@ -14,6 +14,8 @@ A pack is a directory:
                                       `activation_function.threshold`; they read `hook_resid_mid`
                                       and write `hook_mlp_out` (manifest: feature_*_hook)
     explanations/<set>.json           {"<layer>": {"<index>": "explanation"}} (SAE or transcoder set)
+    corpus file (manifest `corpus`)   text the pack's corpus activation store is built from: one
+                                      document per line, `.txt` or `.txt.gz`
 
 The trained pack lives in assets/demo (settings.demo_dir). When it is missing, a tiny random pack
 with the same layout is built once under settings.data_dir and labelled as such.
@@ -69,6 +71,8 @@ class Manifest(BaseModel):
     tokenizer_dir: str = "tokenizer"
     sae_sets: dict[str, PackSaeSet] = Field(default_factory=dict)
     transcoder_sets: dict[str, PackTranscoderSet] = Field(default_factory=dict)
+    corpus: str | None = Field(None, description="Corpus file relative to the pack root (one document "
+                                                 "per line, .txt or .txt.gz) for the activation store.")
 
 
 class DemoPack:
@@ -110,6 +114,13 @@ class DemoPack:
 
     def sae_dir(self, set_id: str, layer: int) -> Path:
         return self.root / self.sae_set(set_id).dir / f"layer_{layer}"
+
+    def corpus_path(self) -> Path | None:
+        """The text the pack's activation store is built from, if the pack has one."""
+        if self.manifest.corpus is None:
+            return None
+        path = self.root / self.manifest.corpus
+        return path if path.exists() else None
 
     def transcoder_set(self, set_id: str) -> PackTranscoderSet:
         try:

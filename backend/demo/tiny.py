@@ -101,7 +101,10 @@ def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-demo-", dir=out_dir.parent))
     try:
-        tok = train_bpe(_tokenizer_text(), TINY_VOCAB)
+        docs = _tokenizer_text()
+        tok = train_bpe(docs, TINY_VOCAB)
+        # The corpus its activation store is built from: one document per line.
+        (tmp / "corpus.txt").write_text("\n".join(" ".join(d.split()) for d in docs) + "\n")
         save_tokenizer(tok, tmp / "tokenizer")
 
         cfg = HookedTransformerConfig(
@@ -153,6 +156,7 @@ def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
                 "res": {"hook": hook, "layers": list(range(cfg.n_layers)), "d_sae": TINY_D_SAE,
                         "dir": "saes/res", "explanations": None},
             },
+            "corpus": "corpus.txt",
             "transcoder_sets": {
                 "demo": {"dir": "transcoders/demo", "layers": list(range(cfg.n_layers)),
                          "d_transcoder": TINY_D_TRANSCODER, "kind": "per_layer",
