@@ -300,7 +300,7 @@ def test_seed_body_validates_and_the_seed_models_are_checked_before_loading(hf_c
 
 @pytest.mark.parametrize("limits,req,match", [
     ({"max_compare_models": 1}, {"models": ["demo", "gpt2-small"]}, "number of models is 2; the limit is 1"),
-    ({"max_compare_sentences": 2}, {"sentences": ["a", "b", "c"]}, "number of sentences is 3; the limit is 2"),
+    ({"max_compare_sentences": 2}, {"sentences": ["a", "b", "c"]}, "sentences is 3; the limit is 2"),
     ({"max_compare_terms": 1}, {"domain_terms": ["x", "y"]}, "number of domain terms is 2; the limit is 1"),
     ({"max_compare_term_chars": 5}, {"domain_terms": ["confinement"]}, "(characters) is 11; the limit is 5"),
     ({"max_text_chars": 10}, {"sentences": ["123456", "123456"]}, "all together) is 12; the limit is 10"),
