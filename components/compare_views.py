@@ -18,6 +18,8 @@ from backend.schemas import CompareResult, ModelReading
 from components.text import plot_label, plot_text, visible
 
 ABSENT = "absent"
+FEATURE_COLUMNS = ["model", "sae_set", "layer", "feature", "mean on terms", "max on terms", "fires on terms",
+                   "fires elsewhere", "specific", "terms", "explanation", "neuronpedia"]
 PALETTE = ["#1f77b4", "#e8710a", "#2ca02c", "#9467bd", "#8c564b", "#d62728"]
 
 
@@ -49,7 +51,8 @@ def summary_frame(result: CompareResult) -> pd.DataFrame:
             "bits/token on terms": _r(m.mean_surprisal_terms),
             "bits/token elsewhere": _r(m.mean_surprisal_other),
             "gap (terms − other)": _r(gap),
-            "SAE layer": f"{f.sae_set} L{f.layer} (depth {f.relative_depth:.2f})" if f else (m.features_note or "—"),
+            "SAE layer": (f"{f.sae_set} L{f.layer} (depth {f.relative_depth:.2f})" if f
+                          else (m.features_note or "—")),
             "features on terms": f.n_active_on_terms if f else None,
             "specific (top k)": f"{f.n_specific} of {len(f.features)}" if f else None,
             "specific (all)": f.n_specific_all if f else None,
@@ -151,9 +154,7 @@ def features_frame(result: CompareResult, *, specific_only: bool = False) -> pd.
                 "specific": feat.specific, "terms": ", ".join(feat.terms),
                 "explanation": feat.explanation or "", "neuronpedia": feat.neuronpedia_url,
             })
-    return pd.DataFrame(rows, columns=["model", "sae_set", "layer", "feature", "mean on terms", "max on terms",
-                                       "fires on terms", "fires elsewhere", "specific", "terms", "explanation",
-                                       "neuronpedia"])
+    return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
 
 
 def exports(result: CompareResult) -> dict[str, tuple[str, bytes, str]]:
@@ -195,10 +196,11 @@ def term_surprisal_figure(result: CompareResult) -> go.Figure:
             x=x, y=y, name=plot_text(_name(m)), marker_color=PALETTE[j % len(PALETTE)],
             text=[f"{v:.1f}" if v is not None else "" for v in y], textposition="outside",
             customdata=[[by[t].mean_bits_per_token if t in by and by[t].present else None] for t in terms],
-            hovertemplate="%{x}<br>%{y:.2f} bits (%{customdata[0]:.2f} per token)<extra>%{fullData.name}</extra>",
+            hovertemplate="%{x}<br>%{y:.2f} bits (%{customdata[0]:.2f} per token)"
+                          "<extra>%{fullData.name}</extra>",
         ))
-    absent = [plot_text(t) for t in terms if all(not s.present for m in result.models for s in m.term_summaries
-                                                 if s.term == t)]
+    absent = [plot_text(t) for t in terms
+              if all(not s.present for m in result.models for s in m.term_summaries if s.term == t)]
     for label in absent:
         fig.add_annotation(x=label, y=0, text=ABSENT, showarrow=False, yshift=10, font=dict(color="#888"))
     return _layout(fig, "bits for the whole term")
@@ -232,13 +234,15 @@ def render_glance(result: CompareResult) -> None:
             st.markdown(f"**{_name(m)}**")
             st.caption(f"`{m.model}` · {m.n_layers} layers · vocabulary {m.d_vocab:,}")
             a, b = st.columns(2)
-            a.metric("Tokens per word", "—" if m.mean_tokens_per_word is None else f"{m.mean_tokens_per_word:.2f}",
+            per_word = "—" if m.mean_tokens_per_word is None else f"{m.mean_tokens_per_word:.2f}"
+            a.metric("Tokens per word", per_word,
                      help="Fragmentation of the domain terms: their tokens over their words.")
             if m.mean_surprisal_terms is not None and m.mean_surprisal_other is not None:
                 gap = m.mean_surprisal_terms - m.mean_surprisal_other
                 b.metric("Bits/token on terms", f"{m.mean_surprisal_terms:.2f}", delta=f"{gap:+.2f} vs other",
-                         delta_color="inverse", help="Mean surprisal on domain-term tokens; the delta compares "
-                                                     "it with every other token of the sentences.")
+                         delta_color="inverse",
+                         help="Mean surprisal on domain-term tokens; the delta compares it with every other "
+                              "token of the sentences.")
             else:
                 b.metric("Bits/token on terms", "—" if m.mean_surprisal_terms is None else
                          f"{m.mean_surprisal_terms:.2f}", help="No domain term occurs in the sentences.")
@@ -263,8 +267,8 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str) -> 
             st.caption(f"{f.sae_set_name} · layer {f.layer} · `{f.hook_name}` · {f.d_sae:,} features · "
                        f"{f.n_term_tokens} term tokens, {f.n_other_tokens} other tokens. Specific: fires on "
                        f"terms and on at most {f.specific_max_other_rate:.0%} of the other tokens.")
-            frame = features_frame(CompareResult(models=[m], sentences=result.sentences,
-                                                 domain_terms=result.domain_terms), specific_only=specific_only)
+            one = CompareResult(models=[m], sentences=result.sentences, domain_terms=result.domain_terms)
+            frame = features_frame(one, specific_only=specific_only)
             if frame.empty:
                 st.caption("No feature fires on the domain-term tokens." if not specific_only else
                            "No feature is specific to the terms at this threshold.")

@@ -146,7 +146,8 @@ def surprisal_view_data(result: CompareResult) -> dict:
                     (term_bits if owner is not None else other_bits).append(bits)
                 tokens.append({"t": tok.text, "s": tok.special, "b": None if bits is None else round(bits, 3),
                                "g": sr.predicted[p] if p < len(sr.predicted) else None, "term": owner})
-            rows.append({"model": m.display_name or m.model, "tokens": tokens, "stat": _stat(term_bits, other_bits)})
+            rows.append({"model": m.display_name or m.model, "tokens": tokens,
+                         "stat": _stat(term_bits, other_bits)})
             absent = sr.absent_terms
         sentences.append({"index": i, "text": text, "rows": rows, "absent": absent})
     return {"sentences": sentences, "max_bits": round(peak, 3)}

@@ -111,7 +111,8 @@ def main() -> None:
     c1, c2 = st.columns([3, 2])
     sentences_text = c1.text_area("Sentences (one per line)", key="cmp_sentences", height=140)
     terms_text = c2.text_area("Domain terms (comma-separated)", key="cmp_terms", height=68,
-                              help="Found as whole words, ignoring case; add plural forms as terms of their own.")
+                              help="Found as whole words, ignoring case; add plural forms as terms of "
+                                   "their own.")
     with c2.expander("Options"):
         mode = st.radio("SAE layer", ["Same relative depth", "Choose per model"], key="cmp_layer_mode",
                         horizontal=True)
@@ -166,7 +167,8 @@ def render_result(result: CompareResult) -> None:
             st.plotly_chart(term_surprisal_figure(result), key="cmp_term_bits", width="stretch")
         with c2:
             st.markdown("**Fragmentation**")
-            st.caption("Tokens each term is split into, as read mid-sentence; the legend gives tokens per word.")
+            st.caption("Tokens each term is split into, as read mid-sentence; the legend gives tokens "
+                       "per word.")
             st.plotly_chart(fragmentation_figure(result), key="cmp_fragmentation", width="stretch")
     st.subheader("Summary")
     st.dataframe(summary_frame(result), hide_index=True, width="stretch", key="cmp_summary")
@@ -180,8 +182,8 @@ def render_result(result: CompareResult) -> None:
             st.dataframe(terms_side_by_side(result), hide_index=True, width="stretch", key="cmp_terms_side")
             with st.expander("Per model, in detail"):
                 st.dataframe(terms_frame(result), hide_index=True, width="stretch", key="cmp_terms_table")
-            st.caption("Pieces are the term as read mid-sentence (after a space; · marks a space). Bits are for "
-                       "the whole term, its leading space included, so they compare across tokenizers.")
+            st.caption("Pieces are the term as read mid-sentence (after a space; · marks a space). Bits are "
+                       "for the whole term, its leading space included, so they compare across tokenizers.")
     with tab_guess:
         frame = guesses_frame(result)
         if frame.empty:

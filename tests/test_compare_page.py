@@ -73,9 +73,11 @@ def test_sentences_are_tinted_by_the_backends_surprisal(compared, want):
         for row, m in zip(sent["rows"], want.models):
             sr = m.sentences[i]
             assert [t["t"] for t in row["tokens"]] == [t.text for t in sr.tokens]
-            assert [t["b"] for t in row["tokens"]] == [None if b is None else round(b, 3) for b in sr.surprisal_bits]
+            assert [t["b"] for t in row["tokens"]] == \
+                [None if b is None else round(b, 3) for b in sr.surprisal_bits]
             assert [t["term"] for t in row["tokens"]] == sr.term_of
-            peak = max([peak] + [b for b, t in zip(sr.surprisal_bits, sr.tokens) if b is not None and not t.special])
+            peak = max([peak] + [b for b, t in zip(sr.surprisal_bits, sr.tokens)
+                                 if b is not None and not t.special])
         assert sent["absent"] == want.models[0].sentences[i].absent_terms
     assert data["max_bits"] == pytest.approx(peak, abs=1e-3)
     assert data["sentences"][3]["absent"] == ["tokamak", "plasma", "confinement", "H-mode"]
@@ -84,7 +86,8 @@ def test_sentences_are_tinted_by_the_backends_surprisal(compared, want):
 def test_side_by_side_figures_equal_the_result(compared, want):
     metrics = [(m.label, m.value) for m in compared.metric]
     assert metrics == [item for m in want.models for item in (
-        ("Tokens per word", f"{m.mean_tokens_per_word:.2f}"), ("Bits/token on terms", f"{m.mean_surprisal_terms:.2f}"))]
+        ("Tokens per word", f"{m.mean_tokens_per_word:.2f}"),
+        ("Bits/token on terms", f"{m.mean_surprisal_terms:.2f}"))]
     summary = frame(compared, "bits/token on terms")
     assert list(summary["id"]) == ["demo", "gpt2-small"]
     for (_, row), m in zip(summary.iterrows(), want.models):
@@ -114,7 +117,8 @@ def test_features_tables_link_to_neuronpedia(compared, want):
     for table, m in zip(tables, want.models):
         assert list(table["feature"]) == [f.index for f in m.features.features]
         assert list(table["specific"]) == [f.specific for f in m.features.features]
-    assert all(url.startswith("https://www.neuronpedia.org/gpt2-small/6-res-jb/") for url in tables[1]["neuronpedia"])
+    base = "https://www.neuronpedia.org/gpt2-small/6-res-jb/"
+    assert list(tables[1]["neuronpedia"]) == [f"{base}{f.index}" for f in want.models[1].features.features]
     guesses = frame(compared, "model's guesses")
     n_occ = sum(len(sr.occurrences) for m in want.models for sr in m.sentences)
     assert len(guesses) == n_occ
@@ -162,7 +166,8 @@ def test_shared_url_on_the_tiny_gpt2_escapes_tokens_and_shows_absent_terms(hf_ca
     assert list(side["GPT-2 small · bits"])[2] == "absent"
     want = backend.compare(CompareRequest(models=["gpt2-small"], sentences=XSS_SENTENCES,
                                           domain_terms=[t.strip() for t in XSS_TERMS.split(",")]))
-    assert list(side["GPT-2 small · bits"])[:2] == [f"{s.mean_bits:.1f}" for s in want.models[0].term_summaries[:2]]
+    assert list(side["GPT-2 small · bits"])[:2] == \
+        [f"{s.mean_bits:.1f}" for s in want.models[0].term_summaries[:2]]
 
     at.text_area(key="cmp_sentences").input("\n".join(f"Sentence {i}." for i in range(40)))
     at.button(key="cmp_run").click().run()
