@@ -17,6 +17,15 @@ import streamlit as st
 from backend.schemas import CompareResult, ModelReading
 from components.text import plot_label, plot_text, visible
 
+# The page's defaults: the seed service's /compare example, with sentences that use its terms and
+# one that uses none of them.
+DEFAULT_SENTENCES = [
+    "The tokamak achieved H-mode",
+    "Plasma confinement improved once the tokamak reached H-mode.",
+    "Magnetic confinement keeps the hot plasma away from the tokamak wall.",
+    "The weather was pleasant, so we walked to the station.",
+]
+DEFAULT_TERMS = ["tokamak", "plasma", "confinement", "H-mode"]
 ABSENT = "absent"
 FEATURE_COLUMNS = ["model", "sae_set", "layer", "feature", "mean on terms", "max on terms", "fires on terms",
                    "fires elsewhere", "specific", "terms", "explanation", "neuronpedia"]

@@ -7,6 +7,8 @@ import streamlit as st
 from backend.schemas import CompareRequest, CompareResult, ModelInfo
 from components import state
 from components.compare_views import (
+    DEFAULT_SENTENCES,
+    DEFAULT_TERMS,
     fragmentation_figure,
     guesses_frame,
     render_exports,
@@ -19,14 +21,6 @@ from components.compare_views import (
 )
 from components.surprisal_view import render_surprisal_view, surprisal_view_data
 
-# The seed service's example (/compare), with sentences that use its terms and one that does not.
-DEFAULT_SENTENCES = [
-    "The tokamak achieved H-mode",
-    "Plasma confinement improved once the tokamak reached H-mode.",
-    "Magnetic confinement keeps the hot plasma away from the tokamak wall.",
-    "The weather was pleasant, so we walked to the station.",
-]
-DEFAULT_TERMS = ["tokamak", "plasma", "confinement", "H-mode"]
 URL_TEXT_LIMIT = 1500
 
 

@@ -33,6 +33,18 @@ def frame(at, column: str):
     return table
 
 
+@pytest.fixture(scope="module", autouse=True)
+def unload_afterwards(hf_cache):
+    """The app's backend is shared by every AppTest of the session: leave it as found (nothing
+    loaded by this module), through the System page's own button."""
+    yield
+    at = app().run()
+    at.switch_page("pages/system.py").run()
+    if any(b.key == "sys_unload_all" for b in at.button):
+        at.button(key="sys_unload_all").click().run()
+    assert "No model is loaded yet" in all_markup(at)
+
+
 @pytest.fixture(scope="module")
 def compared(hf_cache):
     at = app().run()
@@ -45,7 +57,7 @@ def compared(hf_cache):
 
 
 def test_defaults_are_the_seed_example(compared):
-    from pages.compare import DEFAULT_SENTENCES, DEFAULT_TERMS
+    from components.compare_views import DEFAULT_SENTENCES, DEFAULT_TERMS
 
     assert compared.multiselect(key="cmp_models").value == ["demo", "gpt2-small"]
     assert compared.text_area(key="cmp_sentences").value.splitlines() == DEFAULT_SENTENCES
@@ -57,7 +69,7 @@ def test_defaults_are_the_seed_example(compared):
 
 @pytest.fixture(scope="module")
 def want(backend):
-    from pages.compare import DEFAULT_SENTENCES, DEFAULT_TERMS
+    from components.compare_views import DEFAULT_SENTENCES, DEFAULT_TERMS
 
     return backend.compare(CompareRequest(models=["demo", "gpt2-small"], sentences=DEFAULT_SENTENCES,
                                           domain_terms=DEFAULT_TERMS))
