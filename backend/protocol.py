@@ -83,6 +83,3 @@ class PendingMethods:
 
     def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
         raise NotImplementedYet("attribute", "Attribution graphs")
-
-    def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult:
-        raise NotImplementedYet("compare", "Model comparison")

@@ -33,6 +33,8 @@ class Limits(BaseSettings):
     max_batch_size: int = Field(256, ge=1, description="Attribution batch size.")
     max_compare_models: int = Field(4, ge=1, description="Models in one comparison.")
     max_compare_sentences: int = Field(32, ge=1, description="Sentences in one comparison.")
+    max_compare_terms: int = Field(32, ge=0, description="Domain terms in one comparison.")
+    max_compare_term_chars: int = Field(100, ge=1, description="Characters of one domain term.")
     max_examples: int = Field(200, ge=1, description="Max-activating examples per feature.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="HTTP request body size.")
     lock_timeout_s: float = Field(120.0, gt=0, description="Wait for a busy model before 'busy'.")

@@ -91,3 +91,29 @@ def test_highlighter_in_chromium(server, browser, output_dir):
     page.wait_for_timeout(500)
     page.screenshot(path=str(output_dir / "highlighter.png"), full_page=True)
     assert dialogs == [], "an alert ran: markup was injected"
+
+
+def test_compare_in_chromium(server, browser, output_dir):
+    """Model compare in the real app: tokens written as text (an <img> sentence stays text), charts
+    drawn, and a screenshot of the page for people (test-output/compare.png)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 3400})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(server, wait_until="domcontentloaded")  # the entry page first: see DEVELOPERS.md on deep links
+    page.get_by_role("link", name="Model compare").click()
+    sentences = page.get_by_label("Sentences (one per line)")
+    sentences.wait_for(timeout=120_000)
+    lines = sentences.input_value().splitlines() + [XSS]
+    sentences.fill("\n".join(lines))
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.locator(".fs-cmp-tok").first.wait_for(timeout=240_000)
+    page.locator(".js-plotly-plot").nth(1).wait_for(timeout=120_000)
+    strips = page.locator(".fs-cmp-sent")
+    assert strips.count() == len(lines)
+    last = strips.nth(len(lines) - 1).locator(".fs-cmp-strip").first
+    shown = "".join(last.locator(".fs-cmp-tok:not(.special)").all_inner_texts()).replace("\u00b7", " ")
+    assert shown == XSS
+    assert page.locator("img[src='x']").count() == 0, "no token may become an element"
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(output_dir / "compare.png"), full_page=True)
+    assert dialogs == [], "an alert ran: markup was injected"

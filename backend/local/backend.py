@@ -14,13 +14,15 @@ from backend.catalog import Catalog, ModelEntry, SaeSetEntry, load_catalog
 from backend.demo.pack import DemoPack, fill_entry, find_pack
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.explanations import ExplanationStore
-from backend.local import analysis
+from backend.local import analysis, compare
 from backend.local.models import LoadedModel, ModelManager
 from backend.protocol import PendingMethods, Progress
 from backend.schemas import (
     AnalyzeRequest,
     AnalyzeResult,
     CatalogResult,
+    CompareRequest,
+    CompareResult,
     EstimateRequest,
     InfoResult,
     LoadedModelInfo,
@@ -208,3 +210,7 @@ class LocalBackend(PendingMethods):
                              tracked=tracked, window=tokens.window, label=loaded.label,
                              elapsed_ms=timer.ms())
 
+    # ------------------------------------------------------------------ compare
+    def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult:
+        """Several models on the same sentences and domain terms, loaded one after another."""
+        return compare.compare_models(self, req, progress)

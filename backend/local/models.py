@@ -153,6 +153,14 @@ class ModelManager:
             torch.cuda.empty_cache()
 
     # ----------------------------------------------------------------- models
+    def refuse_if_too_big(self, entry: ModelEntry, dtype: str) -> None:
+        """Raise `DoesNotFit` now if `entry` could never fit in the budget, even alone (the check
+        `get` makes before loading), so a multi-model request is refused before any work."""
+        need = int(compute.estimate_memory(entry, seq_len=512, batch_size=1, dtype=dtype,
+                                           device=self.device).total_gb * GB)
+        if need > self.budget_bytes:
+            raise self._refuse(entry.display_name, need, entry, f"in {dtype}")
+
     def get(self, entry: ModelEntry, dtype: str, progress: Progress | None = None,
             *, key: str | None = None, loader: Callable[[], Any] | None = None,
             estimate_bytes: int | None = None, label: str | None = None) -> LoadedModel:

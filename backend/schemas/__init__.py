@@ -12,10 +12,15 @@ from backend.schemas.analyze import (
 )
 from backend.schemas.common import FeatureRef, LayerFeature, Request, Result, TokenInfo
 from backend.schemas.compare import (
+    CompareFeature,
     CompareRequest,
     CompareResult,
+    FeatureReading,
     ModelReading,
+    NextTokenGuess,
     SentenceReading,
+    TermOccurrence,
+    TermSummary,
     TermTokenization,
 )
 from backend.schemas.feature import (
@@ -50,6 +55,7 @@ __all__ = [
     "AnalyzeRequest",
     "AnalyzeResult",
     "CatalogResult",
+    "CompareFeature",
     "CompareRequest",
     "CompareResult",
     "DeviceInfo",
@@ -58,6 +64,7 @@ __all__ = [
     "Example",
     "FeatureActivation",
     "FeatureHit",
+    "FeatureReading",
     "FeatureRef",
     "FeatureRequest",
     "FeatureResult",
@@ -72,6 +79,7 @@ __all__ = [
     "MemoryEstimate",
     "ModelInfo",
     "ModelReading",
+    "NextTokenGuess",
     "QuantileBand",
     "Request",
     "Result",
@@ -84,6 +92,8 @@ __all__ = [
     "SteerMetrics",
     "SteerRequest",
     "SteerResult",
+    "TermOccurrence",
+    "TermSummary",
     "TermTokenization",
     "TokenInfo",
     "TrackedActivations",
