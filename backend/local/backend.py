@@ -14,7 +14,7 @@ from backend.catalog import Catalog, ModelEntry, SaeSetEntry, load_catalog
 from backend.demo.pack import DemoPack, fill_entry, find_pack
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.explanations import ExplanationStore
-from backend.local import analysis
+from backend.local import analysis, steering
 from backend.local.models import LoadedModel, ModelManager
 from backend.protocol import PendingMethods, Progress
 from backend.schemas import (
@@ -22,11 +22,17 @@ from backend.schemas import (
     AnalyzeResult,
     CatalogResult,
     EstimateRequest,
+    ExperimentRequest,
+    ExperimentResult,
     InfoResult,
     LoadedModelInfo,
     MemoryEstimate,
     ModelInfo,
     SaeSetInfo,
+    SteerRequest,
+    SteerResult,
+    SteerSweepRequest,
+    SteerSweepResult,
     TranscoderSetInfo,
     UnloadRequest,
 )
@@ -208,3 +214,14 @@ class LocalBackend(PendingMethods):
                              tracked=tracked, window=tokens.window, label=loaded.label,
                              elapsed_ms=timer.ms())
 
+    # ------------------------------------------------------------------ steering (local/steering.py)
+    def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
+        return steering.steer(self, req, progress)
+
+    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
+        return steering.sweep(self, req, progress)
+
+    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult:
+        from backend.experiments.runner import run_request
+
+        return run_request(self, req, progress)
