@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +26,22 @@ PASSAGES = [
 
 
 def request(**over) -> ExperimentRequest:
-    base = dict(model="demo", sae_set="res", corpus="texts", texts=PASSAGES, max_passages=3, alphas=[0.0, 2.0],
-                alpha=2.0, feature_source="list", batch_size=2, n_snippets=2,
-                features=[{"layer": 0, "index": 9, "label": "zero-nine", "label_confidence": 0.9},
-                          {"layer": 1, "index": 30, "label": "one-thirty", "label_confidence": 0.5}])
+    base = dict(
+        model="demo",
+        sae_set="res",
+        corpus="texts",
+        texts=PASSAGES,
+        max_passages=3,
+        alphas=[0.0, 2.0],
+        alpha=2.0,
+        feature_source="list",
+        batch_size=2,
+        n_snippets=2,
+        features=[
+            {"layer": 0, "index": 9, "label": "zero-nine", "label_confidence": 0.9},
+            {"layer": 1, "index": 30, "label": "one-thirty", "label_confidence": 0.5},
+        ],
+    )
     return ExperimentRequest.model_validate({**base, **over})
 
 
@@ -42,23 +53,63 @@ def test_cli_writes_every_output_and_matches_the_playground(backend, tmp_path):
     corpus = tmp_path / "passages.txt"
     corpus.write_text("\n".join(PASSAGES) + "\n")
     feats = tmp_path / "features.csv"
-    feats.write_text("layer,feature_id,label,label_confidence\n0,9,zero-nine,0.9\n1,30,one-thirty,0.5\n"
-                     "1,31,low confidence,0.1\n")
+    feats.write_text(
+        "layer,feature_id,label,label_confidence\n0,9,zero-nine,0.9\n1,30,one-thirty,0.5\n"
+        "1,31,low confidence,0.1\n"
+    )
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.experiments", "run", "--config", str(REPO / "configs" / "demo.yaml"),
-         "--corpus", str(corpus), "--feature_source", "csv", "--features-csv", str(feats), "--min-conf", "0.3",
-         "--alpha", "2", "--alpha-sweep", "0,2", "--max_passages", "3", "--batch-size", "2",
-         "--output-dir", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "backend.experiments",
+            "run",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--corpus",
+            str(corpus),
+            "--feature_source",
+            "csv",
+            "--features-csv",
+            str(feats),
+            "--min-conf",
+            "0.3",
+            "--alpha",
+            "2",
+            "--alpha-sweep",
+            "0,2",
+            "--max_passages",
+            "3",
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Passages" in proc.stderr, "a progress bar of passages"
-    for rel in ("csv/per_feature_metrics.csv", "csv/per_layer_summary.csv", "csv/selected_features.csv",
-                "csv/passages.csv", "plots/layer_vs_dloss_alpha2.png", "plots/metrics_vs_alpha.png",
-                "snippets/examples.jsonl", "report.md", "result.json"):
+    for rel in (
+        "csv/per_feature_metrics.csv",
+        "csv/per_layer_summary.csv",
+        "csv/selected_features.csv",
+        "csv/passages.csv",
+        "plots/layer_vs_dloss_alpha2.png",
+        "plots/metrics_vs_alpha.png",
+        "snippets/examples.jsonl",
+        "report.md",
+        "result.json",
+    ):
         assert (out / rel).stat().st_size > 0, rel
     assert (out / "plots/metrics_vs_alpha.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
-    assert "![layer_vs_dloss_alpha2](plots/layer_vs_dloss_alpha2.png)" in report and "## Example snippets" in report
+    assert (
+        "![layer_vs_dloss_alpha2](plots/layer_vs_dloss_alpha2.png)" in report
+        and "## Example snippets" in report
+    )
     with open(out / "csv/per_feature_metrics.csv") as f:
         metrics = list(csv.DictReader(f))
     assert {(int(r["layer"]), int(r["feature"])) for r in metrics} == {(0, 9), (1, 30)}, "min_conf drops 1:31"
@@ -75,8 +126,17 @@ def test_cli_writes_every_output_and_matches_the_playground(backend, tmp_path):
         ce = kl = 0.0
         n_pred = n_pos = 0
         for text in passages:
-            r = backend.steer(SteerRequest(model="demo", sae_set="res", prompt=text, n_tokens=1, features=[
-                {"layer": layer, "index": index, "alpha": alpha, "steer_all_prompt_positions": True}]))
+            r = backend.steer(
+                SteerRequest(
+                    model="demo",
+                    sae_set="res",
+                    prompt=text,
+                    n_tokens=1,
+                    features=[
+                        {"layer": layer, "index": index, "alpha": alpha, "steer_all_prompt_positions": True}
+                    ],
+                )
+            )
             n = len(r.prompt_tokens)
             ce += r.metrics.delta_ce_loss * (n - 1)
             kl += r.metrics.kl_divergence * n
@@ -125,8 +185,11 @@ def test_an_interrupted_run_resumes_without_redoing_batches(backend, tmp_path, m
     monkeypatch.setattr(State, "save", real_save)
     batches = []
     real_batch = runner.run_batch
-    monkeypatch.setattr(runner, "run_batch", lambda model, plan, batch, *a: batches.append(batch) or
-                        real_batch(model, plan, batch, *a))
+    monkeypatch.setattr(
+        runner,
+        "run_batch",
+        lambda model, plan, batch, *a: batches.append(batch) or real_batch(model, plan, batch, *a),
+    )
     resumed = runner.run(backend, req, checkpoint_dir=tmp_path)
     assert [p.text for b in batches for p in b] == PASSAGES[1:3], "only the passages not yet done"
     assert any("Resumed after 1 of 3" in n for n in resumed.notes)
@@ -138,8 +201,16 @@ def test_an_interrupted_run_resumes_without_redoing_batches(backend, tmp_path, m
 
 
 def test_auto_choice_takes_live_features_above_the_percentile(backend):
-    req = request(feature_source="auto", features=[], layers=[1], features_per_layer=4, live_percentile=75,
-                  calibration_passages=3, alphas=[2.0], n_snippets=0)
+    req = request(
+        feature_source="auto",
+        features=[],
+        layers=[1],
+        features_per_layer=4,
+        live_percentile=75,
+        calibration_passages=3,
+        alphas=[2.0],
+        n_snippets=0,
+    )
     result = runner.run(backend, req)
     chosen = [f.index for f in result.features]
     assert len(chosen) == 4 and all(f.layer == 1 for f in result.features)

@@ -30,7 +30,11 @@ from backend.errors import BackendError, InvalidRequest, NotFound
 OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "model": (("--model", "--model-name", "--model_name"), str, "catalog model id (gpt2-small, demo, ...)"),
     "sae_release": (("--sae-release", "--sae_release"), str, "SAELens release, e.g. gpt2-small-res-jb"),
-    "sae_set": (("--sae-set", "--sae_set"), str, "catalog SAE set or transcoder set id (instead of a release)"),
+    "sae_set": (
+        ("--sae-set", "--sae_set"),
+        str,
+        "catalog SAE set or transcoder set id (instead of a release)",
+    ),
     "hook": (("--hook",), str, "hook the SAEs read, e.g. resid_pre (checked against the set)"),
     "layers": (("--layers",), str, "e.g. 0-11 or 2,5,8 (default: every layer of the set)"),
     "alpha": (("--alpha",), float, "headline alpha (default 2.0)"),
@@ -40,10 +44,18 @@ OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "max_len": (("--max-len", "--max_len"), int, "tokens per passage (default 256)"),
     "min_len": (("--min-len", "--min_len"), int, "skip shorter passages (default 8)"),
     "feature_source": (("--feature-source", "--feature_source"), str, "csv or auto"),
-    "features_csv": (("--features-csv", "--features_csv"), str, "CSV with layer, feature_id, label, label_confidence"),
+    "features_csv": (
+        ("--features-csv", "--features_csv"),
+        str,
+        "CSV with layer, feature_id, label, label_confidence",
+    ),
     "top_k": (("--top-k", "--top_k", "--features-per-layer"), int, "features per layer (default 5)"),
     "min_conf": (("--min-conf", "--min_conf"), float, "csv: minimum label_confidence"),
-    "live_percentile": (("--live-percentile", "--live_percentile"), float, "auto: firing-rate percentile (90)"),
+    "live_percentile": (
+        ("--live-percentile", "--live_percentile"),
+        float,
+        "auto: firing-rate percentile (90)",
+    ),
     "calibration_passages": (("--calibration-passages",), int, "auto: passages to measure firing rates on"),
     "batch_size": (("--batch-size", "--batch_size"), int, "passages per forward (default 16; halves on OOM)"),
     "seed": (("--seed",), int, "seed for the automatic choice (default 1234)"),
@@ -54,10 +66,16 @@ DEFAULT_OUTPUT = "outputs/experiments"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend.experiments", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m backend.experiments", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an intervention experiment", description=__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run an intervention experiment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("--config", type=Path, help="YAML config (keys as the long flags, with underscores)")
     for key, (flags, tp, helptext) in OPTIONS.items():
         run.add_argument(*flags, dest=key, type=tp, default=None, help=helptext)
@@ -103,7 +121,9 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
             config.setdefault("model", config.pop("model_name"))
         unknown = sorted(set(config) - set(OPTIONS))
         if unknown:
-            raise InvalidRequest(f"{args.config} has unknown keys {unknown}; valid keys: {', '.join(OPTIONS)}.")
+            raise InvalidRequest(
+                f"{args.config} has unknown keys {unknown}; valid keys: {', '.join(OPTIONS)}."
+            )
     for key in OPTIONS:
         value = getattr(args, key)
         if value is not None:
@@ -129,8 +149,10 @@ def _set_id(backend, model: str, config: dict[str, Any]) -> str:
         if release in (t.circuit_tracer, t.id):
             return t.id
     known = [s.release or s.id for s in entry.sae_sets.values()] + list(entry.transcoder_sets)
-    raise NotFound(f"{entry.display_name} has no SAE release '{release}' in the catalog; it has "
-                   f"{', '.join(known) or 'none'}.")
+    raise NotFound(
+        f"{entry.display_name} has no SAE release '{release}' in the catalog; it has "
+        f"{', '.join(known) or 'none'}."
+    )
 
 
 def to_request(config: dict[str, Any], backend) -> Any:
@@ -158,8 +180,9 @@ def to_request(config: dict[str, Any], backend) -> Any:
     source = str(config.get("feature_source", "auto"))
     if source in ("csv", "list"):
         if not config.get("features_csv"):
-            raise InvalidRequest("feature_source csv needs --features-csv PATH (layer, feature_id, label, "
-                                 "label_confidence).")
+            raise InvalidRequest(
+                "feature_source csv needs --features-csv PATH (layer, feature_id, label, label_confidence)."
+            )
         data["feature_source"] = "list"
         data["features"] = [f.model_dump() for f in read_features_csv(Path(config["features_csv"]))]
     elif source == "auto":
@@ -167,8 +190,18 @@ def to_request(config: dict[str, Any], backend) -> Any:
     else:
         raise InvalidRequest(f"feature_source is csv or auto, not '{source}'.")
     renames = {"top_k": "features_per_layer", "num_snippet_examples": "n_snippets"}
-    for key in ("max_passages", "max_len", "min_len", "top_k", "min_conf", "live_percentile",
-                "calibration_passages", "batch_size", "seed", "num_snippet_examples"):
+    for key in (
+        "max_passages",
+        "max_len",
+        "min_len",
+        "top_k",
+        "min_conf",
+        "live_percentile",
+        "calibration_passages",
+        "batch_size",
+        "seed",
+        "num_snippet_examples",
+    ):
         if config.get(key) is not None:
             data[renames.get(key, key)] = config[key]
     return ExperimentRequest.model_validate(data)

@@ -20,7 +20,9 @@ def read_lines(path: Path) -> list[str]:
     """Non-empty lines of a .txt or .txt.gz file, stripped."""
     path = Path(path)
     if not path.exists():
-        raise InvalidRequest(f"Corpus file {path} does not exist. Give a text file with one passage per line.")
+        raise InvalidRequest(
+            f"Corpus file {path} does not exist. Give a text file with one passage per line."
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         return [line.strip() for line in f if line.strip()]
@@ -49,5 +51,7 @@ def passages(backend: LocalBackend, req: ExperimentRequest) -> tuple[list[str], 
     pack = backend.pack()
     path = pack.corpus_path()
     if path is None:
-        raise ModelUnavailable("The demo pack has no corpus file. Rebuild it with `make demo`, or give a text file.")
+        raise ModelUnavailable(
+            "The demo pack has no corpus file. Rebuild it with `make demo`, or give a text file."
+        )
     return read_lines(path), f"demo pack corpus ({path.name}, {pack.manifest.name})"

@@ -27,20 +27,58 @@ def _deltas_text(deltas: list[tuple[str, float]]) -> str:
 
 
 def per_feature_frame(result: ExperimentResult) -> pd.DataFrame:
-    rows = [{"layer": r.layer, "feature": r.feature, "alpha": r.alpha, "label": r.label or "",
-             "delta_ce_loss": r.delta_ce_loss, "ce_loss_default": r.ce_loss_default,
-             "ce_loss_steered": r.ce_loss_steered, "kl": r.kl, "top_logit_deltas": _deltas_text(r.top_logit_deltas),
-             "firing_rate": r.firing_rate, "mean_act": r.mean_act, "max_act": r.max_act, "n_tokens": r.n_tokens}
-            for r in result.rows]
-    return pd.DataFrame(rows, columns=["layer", "feature", "alpha", "label", "delta_ce_loss", "ce_loss_default",
-                                       "ce_loss_steered", "kl", "top_logit_deltas", "firing_rate", "mean_act",
-                                       "max_act", "n_tokens"])
+    rows = [
+        {
+            "layer": r.layer,
+            "feature": r.feature,
+            "alpha": r.alpha,
+            "label": r.label or "",
+            "delta_ce_loss": r.delta_ce_loss,
+            "ce_loss_default": r.ce_loss_default,
+            "ce_loss_steered": r.ce_loss_steered,
+            "kl": r.kl,
+            "top_logit_deltas": _deltas_text(r.top_logit_deltas),
+            "firing_rate": r.firing_rate,
+            "mean_act": r.mean_act,
+            "max_act": r.max_act,
+            "n_tokens": r.n_tokens,
+        }
+        for r in result.rows
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "layer",
+            "feature",
+            "alpha",
+            "label",
+            "delta_ce_loss",
+            "ce_loss_default",
+            "ce_loss_steered",
+            "kl",
+            "top_logit_deltas",
+            "firing_rate",
+            "mean_act",
+            "max_act",
+            "n_tokens",
+        ],
+    )
 
 
 def per_layer_frame(result: ExperimentResult) -> pd.DataFrame:
-    return pd.DataFrame([s.model_dump() for s in result.layers],
-                        columns=["layer", "alpha", "n_features", "delta_ce_loss_mean", "delta_ce_loss_std",
-                                 "kl_mean", "kl_std", "firing_rate_mean"])
+    return pd.DataFrame(
+        [s.model_dump() for s in result.layers],
+        columns=[
+            "layer",
+            "alpha",
+            "n_features",
+            "delta_ce_loss_mean",
+            "delta_ce_loss_std",
+            "kl_mean",
+            "kl_std",
+            "firing_rate_mean",
+        ],
+    )
 
 
 def plot_files(result: ExperimentResult, plots: Path) -> list[Path]:
@@ -103,47 +141,84 @@ def report(result: ExperimentResult, settings: dict, plots: list[Path], out: Pat
     lines = [f"# Intervention experiment: {result.model} / {result.sae_set}", ""]
     if result.label:
         lines += [f"> Results from a {result.label}.", ""]
-    lines += [f"- hook: `{result.hook}`", f"- corpus: {result.corpus}; {result.n_passages} passages, "
-              f"{result.n_tokens:,} tokens", f"- alphas: {', '.join(f'{a:g}' for a in result.alphas)} "
-              f"(headline {result.alpha:g}); each feature's activation multiplied by alpha at every "
-              "non-special token", f"- features: {len(result.features)}; batch size at the end "
-              f"{result.batch_size}", ""]
-    lines += ["ΔCE is the token-weighted mean change of next-token cross-entropy (steered − default); KL is "
-              "the mean KL(default ‖ steered) per token; logit deltas are mean changes of centred logits.", ""]
+    lines += [
+        f"- hook: `{result.hook}`",
+        f"- corpus: {result.corpus}; {result.n_passages} passages, {result.n_tokens:,} tokens",
+        f"- alphas: {', '.join(f'{a:g}' for a in result.alphas)} "
+        f"(headline {result.alpha:g}); each feature's activation multiplied by alpha at every "
+        "non-special token",
+        f"- features: {len(result.features)}; batch size at the end {result.batch_size}",
+        "",
+    ]
+    lines += [
+        "ΔCE is the token-weighted mean change of next-token cross-entropy (steered − default); KL is "
+        "the mean KL(default ‖ steered) per token; logit deltas are mean changes of centred logits.",
+        "",
+    ]
     for path in plots:
         lines += [f"![{path.stem}]({path.relative_to(out).as_posix()})", ""]
     lines += ["## Per layer", "", _md_table(per_layer_frame(result)), ""]
     at = per_feature_frame(result)
     at = at[at["alpha"] == result.alpha].sort_values("delta_ce_loss", ascending=False)
-    lines += [f"## Features at alpha = {result.alpha:g} (largest ΔCE first)", "",
-              _md_table(at[["layer", "feature", "label", "delta_ce_loss", "kl", "firing_rate", "top_logit_deltas"]]), ""]
+    lines += [
+        f"## Features at alpha = {result.alpha:g} (largest ΔCE first)",
+        "",
+        _md_table(
+            at[["layer", "feature", "label", "delta_ce_loss", "kl", "firing_rate", "top_logit_deltas"]]
+        ),
+        "",
+    ]
     if result.snippets:
         lines += [f"## Example snippets at alpha = {result.alpha:g} (highest KL)", ""]
         for s in result.snippets:
-            lines.append(f"- **{s.layer}:{s.feature}**, passage {s.passage}, position {s.position}, KL {s.kl:.3f}: "
-                         f"{_md_text(s.before)} **{_md_text(s.token)}** {_md_text(s.after)} — next token "
-                         f"{_md_text(s.default_next)} → {_md_text(s.steered_next)}")
+            lines.append(
+                f"- **{s.layer}:{s.feature}**, passage {s.passage}, position {s.position}, KL {s.kl:.3f}: "
+                f"{_md_text(s.before)} **{_md_text(s.token)}** {_md_text(s.after)} — next token "
+                f"{_md_text(s.default_next)} → {_md_text(s.steered_next)}"
+            )
         lines.append("")
     if result.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
-    lines += ["## Settings", "", "```yaml", *(f"{k}: {json.dumps(v)}" for k, v in settings.items()), "```", ""]
+    lines += [
+        "## Settings",
+        "",
+        "```yaml",
+        *(f"{k}: {json.dumps(v)}" for k, v in settings.items()),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_all(result: ExperimentResult, settings: dict, passages: list[tuple[int, int, str]], out: Path) -> list[Path]:
+def write_all(
+    result: ExperimentResult, settings: dict, passages: list[tuple[int, int, str]], out: Path
+) -> list[Path]:
     """Every output file; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     csv_dir, snip_dir = out / "csv", out / "snippets"
     csv_dir.mkdir(exist_ok=True)
     snip_dir.mkdir(exist_ok=True)
     written = []
-    for name, frame in (("per_feature_metrics.csv", per_feature_frame(result)),
-                        ("per_layer_summary.csv", per_layer_frame(result)),
-                        ("selected_features.csv", pd.DataFrame(
-                            [{"layer": f.layer, "feature_id": f.index, "label": f.label or "",
-                              "label_confidence": f.label_confidence} for f in result.features],
-                            columns=["layer", "feature_id", "label", "label_confidence"])),
-                        ("passages.csv", pd.DataFrame(passages, columns=["corpus_index", "n_tokens", "text"]))):
+    for name, frame in (
+        ("per_feature_metrics.csv", per_feature_frame(result)),
+        ("per_layer_summary.csv", per_layer_frame(result)),
+        (
+            "selected_features.csv",
+            pd.DataFrame(
+                [
+                    {
+                        "layer": f.layer,
+                        "feature_id": f.index,
+                        "label": f.label or "",
+                        "label_confidence": f.label_confidence,
+                    }
+                    for f in result.features
+                ],
+                columns=["layer", "feature_id", "label", "label_confidence"],
+            ),
+        ),
+        ("passages.csv", pd.DataFrame(passages, columns=["corpus_index", "n_tokens", "text"])),
+    ):
         frame.to_csv(csv_dir / name, index=False)
         written.append(csv_dir / name)
     with open(snip_dir / "examples.jsonl", "w", encoding="utf-8") as f:

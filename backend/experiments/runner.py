@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from backend.errors import InvalidRequest, LimitExceeded, OutOfMemory
-from backend.experiments import corpus, features as feature_choice
+from backend.errors import LimitExceeded, OutOfMemory
+from backend.experiments import features as feature_choice
+from backend.experiments.plan import Passage, Plan, batch_tensors, plan
 from backend.experiments.report_data import build_result
 from backend.experiments.state import State, Stats, feature_key, fingerprint, unit_key
 from backend.local import analysis, steer_metrics
 from backend.local.dictionaries import FeatureDictionary
-from backend.local.feature_sets import FeatureSet, check_index, load_dictionaries, resolve_model, resolve_set
+from backend.local.feature_sets import check_index, resolve_model, resolve_set
 from backend.local.interventions import Edit, FeatureCapture, SteeringHooks
 from backend.local.steer_metrics import Sums
 from backend.protocol import Progress, no_progress
@@ -32,26 +32,6 @@ from backend.schemas import ExperimentFeature, ExperimentRequest, ExperimentResu
 
 if TYPE_CHECKING:
     from backend.local.backend import LocalBackend
-
-
-@dataclass
-class Passage:
-    index: int  # position in the corpus
-    text: str
-    ids: list[int]
-    truncated: bool
-
-
-@dataclass
-class Plan:
-    entry: object
-    loaded: object
-    fset: FeatureSet
-    dicts: dict[int, FeatureDictionary]
-    passages: list[Passage]
-    corpus_label: str
-    special: set[int]
-    pad: int
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -67,70 +47,15 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _check_hook(fset: FeatureSet, hook: str | None) -> None:
-    if not hook:
-        return
-    reads = fset.entry.hook if fset.kind == "sae" else "blocks.{layer}.hook_resid_mid"
-    want = hook if hook.startswith("blocks.") else "blocks.{layer}." + (hook if hook.startswith("hook_")
-                                                                          else f"hook_{hook}")
-    if want != reads:
-        raise InvalidRequest(f"{fset.display_name} reads {reads}, not {want}. Pass the hook it reads "
-                             f"('{reads.rsplit('.', 1)[-1].removeprefix('hook_')}') or leave the hook out.")
-
-
-def _layers(plan_model, fset: FeatureSet, requested: list[int] | None) -> list[int]:
-    if requested:
-        return list(dict.fromkeys(requested))
-    if fset.kind == "sae" and fset.entry.layers:
-        return list(fset.entry.layers)
-    return list(range(plan_model.cfg.n_layers))
-
-
-def plan(backend: LocalBackend, req: ExperimentRequest, progress: Progress) -> Plan:
-    entry = resolve_model(backend, req.model)
-    fset = resolve_set(entry, req.sae_set)
-    _check_hook(fset, req.hook)
-    texts, label = corpus.passages(backend, req)
-    loaded = backend.models.get(entry, backend.dtype_for(entry), progress)
-    layers = _layers(loaded.model, fset, req.layers)
-    dicts = load_dictionaries(backend, loaded, fset, layers, progress)
-    chosen: list[Passage] = []
-    with loaded.use(backend.limits.lock_timeout_s) as model:
-        tok = model.tokenizer
-        for i, text in enumerate(texts):
-            ids = model.to_tokens(text, prepend_bos=fset.prepend_bos(model), truncate=False)[0].tolist()
-            if len(ids) < req.min_len:
-                continue
-            chosen.append(Passage(i, text, ids[:req.max_len], len(ids) > req.max_len))
-            if len(chosen) == req.max_passages:
-                break
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        special = set(tok.all_special_ids)
-    if not chosen:
-        raise InvalidRequest(f"No passage of the {label} has {req.min_len} tokens or more. Use another corpus.")
-    return Plan(entry, loaded, fset, dicts, chosen, label, special, pad)
-
-
-def _batch_tensors(plan: Plan, batch: list[Passage], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids [B, S] right-padded, valid [B, S], steerable [B, S] = valid and not a special token)."""
-    width = max(len(p.ids) for p in batch)
-    ids = torch.full((len(batch), width), plan.pad, dtype=torch.long)
-    valid = torch.zeros((len(batch), width), dtype=torch.bool)
-    for row, p in enumerate(batch):
-        ids[row, :len(p.ids)] = torch.tensor(p.ids)
-        valid[row, :len(p.ids)] = True
-    special = torch.isin(ids, torch.tensor(sorted(plan.special) or [-1]))
-    return ids.to(device), valid.to(device), (valid & ~special).to(device)
-
-
 def _firing_counts(model, plan: Plan, batch: list[Passage]) -> dict[int, tuple[torch.Tensor, int]]:
     """Per layer, how often each feature fires on the batch's steerable tokens (auto selection)."""
-    ids, _, steerable = _batch_tensors(plan, batch, model.cfg.device)
+    ids, _, steerable = batch_tensors(plan, batch, model.cfg.device)
     counts: dict[int, torch.Tensor] = {}
 
     def make(d: FeatureDictionary):
         def count(act, hook):
             counts[d.layer] = ((d.encode(act) > 0) & steerable[..., None]).sum((0, 1)).cpu()
+
         return count
 
     with torch.inference_mode(), model.hooks(fwd_hooks=[(d.hook_name, make(d)) for d in plan.dicts.values()]):
@@ -139,11 +64,13 @@ def _firing_counts(model, plan: Plan, batch: list[Passage]) -> dict[int, tuple[t
     return {layer: (c, n) for layer, c in counts.items()}
 
 
-def choose_features(backend: LocalBackend, plan: Plan, req: ExperimentRequest, state: State) -> list[ExperimentFeature]:
+def choose_features(
+    backend: LocalBackend, plan: Plan, req: ExperimentRequest, state: State
+) -> list[ExperimentFeature]:
     if req.feature_source == "list":
         chosen = feature_choice.from_list(req, list(plan.dicts))
     else:
-        calibration = plan.passages[:req.calibration_passages]
+        calibration = plan.passages[: req.calibration_passages]
         totals: dict[int, torch.Tensor] = {}
         seen = [0]
 
@@ -152,29 +79,44 @@ def choose_features(backend: LocalBackend, plan: Plan, req: ExperimentRequest, s
                 totals[layer] = c if layer not in totals else totals[layer] + c
             seen[0] += next(iter(out.values()))[1] if out else 0
 
-        _batched(plan, calibration, state, lambda model, batch: _firing_counts(model, plan, batch), add,
-                 backend.limits.lock_timeout_s)
+        _batched(
+            plan,
+            calibration,
+            state,
+            lambda model, batch: _firing_counts(model, plan, batch),
+            add,
+            backend.limits.lock_timeout_s,
+        )
         n_tokens = seen[0]
         chosen = []
         for layer in plan.dicts:
             rates = totals[layer].double() / max(n_tokens, 1)
-            picked, threshold = feature_choice.live_choice(rates, req.live_percentile, req.features_per_layer,
-                                                           req.seed + layer)
+            picked, threshold = feature_choice.live_choice(
+                rates, req.live_percentile, req.features_per_layer, req.seed + layer
+            )
             for index in picked:
                 label, _ = backend.explanations.get(plan.entry.id, plan.fset.id, layer, index)
                 chosen.append(ExperimentFeature(layer=layer, index=index, label=label))
-            state.notes.append(f"Layer {layer}: {int((rates > 0).sum())} live features on {len(calibration)} "
-                               f"calibration passages; firing-rate threshold at the {req.live_percentile:g}th "
-                               f"percentile {threshold:.4f}; picked {picked}.")
+            state.notes.append(
+                f"Layer {layer}: {int((rates > 0).sum())} live features on {len(calibration)} "
+                f"calibration passages; firing-rate threshold at the {req.live_percentile:g}th "
+                f"percentile {threshold:.4f}; picked {picked}."
+            )
     for f in chosen:
         check_index(plan.dicts[f.layer], plan.fset, f.index)
     return chosen
 
 
-def run_batch(model, plan: Plan, batch: list[Passage], feats: list[ExperimentFeature], alphas: list[float],
-              req: ExperimentRequest) -> tuple[dict[str, Sums], dict[str, Stats], dict[str, list[list]]]:
+def run_batch(
+    model,
+    plan: Plan,
+    batch: list[Passage],
+    feats: list[ExperimentFeature],
+    alphas: list[float],
+    req: ExperimentRequest,
+) -> tuple[dict[str, Sums], dict[str, Stats], dict[str, list[list]]]:
     """One batch: the default forward, then a steered forward per (feature, alpha != 1)."""
-    ids, valid, steerable = _batch_tensors(plan, batch, model.cfg.device)
+    ids, valid, steerable = batch_tensors(plan, batch, model.cfg.device)
     by_dict: dict[int, tuple[FeatureDictionary, list[int]]] = {}
     for f in feats:
         d = plan.dicts[f.layer]
@@ -194,8 +136,11 @@ def run_batch(model, plan: Plan, batch: list[Passage], feats: list[ExperimentFea
             acts = capture.activations(d, f.index)[steerable]
             fire = acts > 0
             stats[feature_key(f.layer, f.index)] = Stats(
-                int(steerable.sum()), int(fire.sum()), float(acts[fire].sum()),
-                float(acts.max()) if acts.numel() else 0.0)
+                int(steerable.sum()),
+                int(fire.sum()),
+                float(acts[fire].sum()),
+                float(acts.max()) if acts.numel() else 0.0,
+            )
             for alpha in alphas:
                 key = unit_key(f.layer, f.index, alpha)
                 if alpha == 1.0:
@@ -207,13 +152,15 @@ def run_batch(model, plan: Plan, batch: list[Passage], feats: list[ExperimentFea
                 sums[key], kl = steer_metrics.batch_sums(default, steered, ids, valid, logp_d)
                 if alpha == req.alpha and req.n_snippets:
                     snippets[feature_key(f.layer, f.index)] = _snippet_candidates(
-                        kl, default, steered, batch, req.n_snippets)
+                        kl, default, steered, batch, req.n_snippets
+                    )
                 del steered
     return sums, stats, snippets
 
 
-def _snippet_candidates(kl: torch.Tensor, default: torch.Tensor, steered: torch.Tensor, batch: list[Passage],
-                        n: int) -> list[list]:
+def _snippet_candidates(
+    kl: torch.Tensor, default: torch.Tensor, steered: torch.Tensor, batch: list[Passage], n: int
+) -> list[list]:
     flat = kl.flatten()
     top = torch.topk(flat, min(n, flat.numel()))
     out = []
@@ -221,17 +168,27 @@ def _snippet_candidates(kl: torch.Tensor, default: torch.Tensor, steered: torch.
         row, pos = divmod(i, kl.shape[1])
         if value <= 0:
             continue
-        out.append([value, batch[row].index, pos, int(default[row, pos].argmax()), int(steered[row, pos].argmax())])
+        out.append(
+            [value, batch[row].index, pos, int(default[row, pos].argmax()), int(steered[row, pos].argmax())]
+        )
     return out
 
 
-def _batched(plan: Plan, passages: list[Passage], state: State, work: Callable, merge: Callable,
-             timeout: float, start: int = 0, after: Callable[[int], None] | None = None) -> None:
+def _batched(
+    plan: Plan,
+    passages: list[Passage],
+    state: State,
+    work: Callable,
+    merge: Callable,
+    timeout: float,
+    start: int = 0,
+    after: Callable[[int], None] | None = None,
+) -> None:
     """Run `work(model, batch)` over `passages[start:]` under the lock, halving the batch size on
     out-of-memory; `merge(out, batch)` then `after(n_done)` after each batch."""
     done = start
     while done < len(passages):
-        batch = passages[done:done + state.batch_size]
+        batch = passages[done : done + state.batch_size]
         try:
             with plan.loaded.use(timeout) as model:
                 out = work(model, batch)
@@ -240,10 +197,14 @@ def _batched(plan: Plan, passages: list[Passage], state: State, work: Callable, 
                 raise
             _free(plan.loaded.device)
             if state.batch_size == 1:
-                raise OutOfMemory(f"Out of memory on a single passage of {max(len(p.ids) for p in batch)} tokens. "
-                                  "Lower max_len, test fewer alphas, or use a larger device.") from exc
-            state.notes.append(f"Out of memory at batch size {state.batch_size}; continued with "
-                               f"{max(1, state.batch_size // 2)}.")
+                raise OutOfMemory(
+                    f"Out of memory on a single passage of {max(len(p.ids) for p in batch)} tokens. "
+                    "Lower max_len, test fewer alphas, or use a larger device."
+                ) from exc
+            state.notes.append(
+                f"Out of memory at batch size {state.batch_size}; continued with "
+                f"{max(1, state.batch_size // 2)}."
+            )
             state.batch_size = max(1, state.batch_size // 2)
             continue
         merge(out, batch)
@@ -252,14 +213,24 @@ def _batched(plan: Plan, passages: list[Passage], state: State, work: Callable, 
             after(done)
 
 
-def run(backend: LocalBackend, req: ExperimentRequest, progress: Progress | None = None,
-        checkpoint_dir: Path | None = None, bar: bool = False) -> ExperimentResult:
+def run(
+    backend: LocalBackend,
+    req: ExperimentRequest,
+    progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
+    bar: bool = False,
+) -> ExperimentResult:
     """The whole experiment; with `checkpoint_dir`, resumable after an interruption."""
     return execute(backend, req, progress, checkpoint_dir, bar)[0]
 
 
-def execute(backend: LocalBackend, req: ExperimentRequest, progress: Progress | None = None,
-            checkpoint_dir: Path | None = None, bar: bool = False) -> tuple[ExperimentResult, Plan]:
+def execute(
+    backend: LocalBackend,
+    req: ExperimentRequest,
+    progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
+    bar: bool = False,
+) -> tuple[ExperimentResult, Plan]:
     """`run`, also returning the plan (the passages used)."""
     progress = progress or no_progress
     timer = analysis.Timer()
@@ -289,8 +260,15 @@ def execute(backend: LocalBackend, req: ExperimentRequest, progress: Progress | 
         progress(state.n_done / total, f"Passages {state.n_done}/{total} (batch size {state.batch_size})")
 
     try:
-        _batched(p, p.passages, state, lambda model, batch: run_batch(model, p, batch, state.features, alphas, req),
-                 merge, backend.limits.lock_timeout_s, start=state.n_done)
+        _batched(
+            p,
+            p.passages,
+            state,
+            lambda model, batch: run_batch(model, p, batch, state.features, alphas, req),
+            merge,
+            backend.limits.lock_timeout_s,
+            start=state.n_done,
+        )
     finally:
         if tqdm_bar is not None:
             tqdm_bar.close()
@@ -299,27 +277,46 @@ def execute(backend: LocalBackend, req: ExperimentRequest, progress: Progress | 
     return result, p
 
 
-def run_request(backend: LocalBackend, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult:
+def run_request(
+    backend: LocalBackend, req: ExperimentRequest, progress: Progress | None = None
+) -> ExperimentResult:
     """`Backend.experiment`: a small run, within the limits, with no files."""
     lim = backend.limits
     if req.max_passages > lim.max_experiment_passages:
-        raise LimitExceeded("max_passages", req.max_passages, lim.max_experiment_passages,
-                            "Use fewer passages here, or run `python -m backend.experiments run` for large runs.")
+        raise LimitExceeded(
+            "max_passages",
+            req.max_passages,
+            lim.max_experiment_passages,
+            "Use fewer passages here, or run `python -m backend.experiments run` for large runs.",
+        )
     if req.feature_source == "list":
         n_feats = len(req.features)
     else:
         entry = resolve_model(backend, req.model)
         fset = resolve_set(entry, req.sae_set)
-        n_layers = len(req.layers) if req.layers else len(fset.entry.layers or ()) if fset.kind == "sae" \
+        n_layers = (
+            len(req.layers)
+            if req.layers
+            else len(fset.entry.layers or ())
+            if fset.kind == "sae"
             else int(entry.n_layers or 1)
+        )
         n_feats = req.features_per_layer * max(n_layers, 1)
     runs = n_feats * len(req.all_alphas())
     if runs > lim.max_experiment_runs:
-        raise LimitExceeded("Features x alphas", runs, lim.max_experiment_runs,
-                            "Test fewer features or alphas, or use the experiments CLI.")
+        raise LimitExceeded(
+            "Features x alphas",
+            runs,
+            lim.max_experiment_runs,
+            "Test fewer features or alphas, or use the experiments CLI.",
+        )
     if req.max_len > lim.max_prompt_tokens:
         raise LimitExceeded("max_len", req.max_len, lim.max_prompt_tokens, "Use shorter passages.")
     if req.texts and sum(len(t) for t in req.texts) > lim.max_text_chars * 10:
-        raise LimitExceeded("The passages (characters)", sum(len(t) for t in req.texts), lim.max_text_chars * 10,
-                            "Give fewer or shorter passages.")
+        raise LimitExceeded(
+            "The passages (characters)",
+            sum(len(t) for t in req.texts),
+            lim.max_text_chars * 10,
+            "Give fewer or shorter passages.",
+        )
     return run(backend, req, progress)

@@ -9,8 +9,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from backend.local.steer_metrics import Sums
 from backend.schemas import ExperimentFeature, ExperimentRequest
 
@@ -63,8 +61,9 @@ class State:
     snippets: dict[str, list[list]] = field(default_factory=dict)  # feature key -> [kl, passage, pos, d, s]
     notes: list[str] = field(default_factory=list)
 
-    def merge(self, sums: dict[str, Sums], stats: dict[str, Stats], snippets: dict[str, list[list]],
-              keep: int) -> None:
+    def merge(
+        self, sums: dict[str, Sums], stats: dict[str, Stats], snippets: dict[str, list[list]], keep: int
+    ) -> None:
         for k, s in sums.items():
             self.sums.setdefault(k, Sums()).add(s)
         for k, s in stats.items():
@@ -80,12 +79,18 @@ class State:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: s.logit_delta.contiguous() for k, s in self.sums.items() if s.logit_delta is not None}
         meta = {
-            "format": _FORMAT, "fingerprint": self.fingerprint, "batch_size": self.batch_size,
-            "n_done": self.n_done, "features": [f.model_dump() for f in self.features],
-            "sums": {k: [s.ce_default, s.ce_steered, s.n_predicted, s.kl, s.n_positions]
-                     for k, s in self.sums.items()},
+            "format": _FORMAT,
+            "fingerprint": self.fingerprint,
+            "batch_size": self.batch_size,
+            "n_done": self.n_done,
+            "features": [f.model_dump() for f in self.features],
+            "sums": {
+                k: [s.ce_default, s.ce_steered, s.n_predicted, s.kl, s.n_positions]
+                for k, s in self.sums.items()
+            },
             "stats": {k: [s.n_tokens, s.n_fire, s.act_sum, s.act_max] for k, s in self.stats.items()},
-            "snippets": self.snippets, "notes": self.notes,
+            "snippets": self.snippets,
+            "notes": self.notes,
         }
         tmp = directory / (CHECKPOINT + ".tmp")
         save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
@@ -107,9 +112,14 @@ class State:
             return None
         if meta.get("format") != _FORMAT or meta.get("fingerprint") != fp:
             return None
-        state = cls(fingerprint=fp, batch_size=int(meta["batch_size"]), n_done=int(meta["n_done"]),
-                    features=[ExperimentFeature(**f) for f in meta["features"]],
-                    snippets=meta["snippets"], notes=list(meta["notes"]))
+        state = cls(
+            fingerprint=fp,
+            batch_size=int(meta["batch_size"]),
+            n_done=int(meta["n_done"]),
+            features=[ExperimentFeature(**f) for f in meta["features"]],
+            snippets=meta["snippets"],
+            notes=list(meta["notes"]),
+        )
         for k, (ce_d, ce_s, n_pred, kl, n_pos) in meta["sums"].items():
             state.sums[k] = Sums(ce_d, ce_s, int(n_pred), kl, int(n_pos), tensors.get(k))
         for k, (n, fire, total, top) in meta["stats"].items():

@@ -66,18 +66,28 @@ def resolve_set(entry: ModelEntry, set_id: str | None) -> FeatureSet:
     if set_id in entry.transcoder_sets:
         return FeatureSet(set_id, "transcoder", entry.transcoder_sets[set_id])
     valid = list(entry.sae_sets) + list(entry.transcoder_sets)
-    raise NotFound(f"Unknown SAE or transcoder set '{set_id}' of {entry.id}. Valid sets: "
-                   f"{', '.join(valid) or 'none'}.", wanted=set_id, valid=valid)
+    raise NotFound(
+        f"Unknown SAE or transcoder set '{set_id}' of {entry.id}. Valid sets: {', '.join(valid) or 'none'}.",
+        wanted=set_id,
+        valid=valid,
+    )
 
 
-def load_dictionaries(backend: LocalBackend, loaded: LoadedModel, fset: FeatureSet, layers: Sequence[int],
-                      progress: Progress | None = None) -> dict[int, FeatureDictionary]:
+def load_dictionaries(
+    backend: LocalBackend,
+    loaded: LoadedModel,
+    fset: FeatureSet,
+    layers: Sequence[int],
+    progress: Progress | None = None,
+) -> dict[int, FeatureDictionary]:
     layers = list(dict.fromkeys(layers))
     n_layers = loaded.model.cfg.n_layers
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise NotFound(f"{loaded.entry.display_name} has layers 0–{n_layers - 1}; there is no layer {bad[0]}.",
-                       layers=bad)
+        raise NotFound(
+            f"{loaded.entry.display_name} has layers 0–{n_layers - 1}; there is no layer {bad[0]}.",
+            layers=bad,
+        )
     if fset.kind == "sae":
         found = backend.models.dictionaries(loaded, fset.entry, layers, progress)
     else:
@@ -87,5 +97,7 @@ def load_dictionaries(backend: LocalBackend, loaded: LoadedModel, fset: FeatureS
 
 def check_index(d: FeatureDictionary, fset: FeatureSet, index: int) -> None:
     if not 0 <= index < d.d_sae:
-        raise InvalidRequest(f"Feature {d.layer}:{index} is out of range: {fset.display_name} has "
-                             f"{d.d_sae:,} features per layer (0–{d.d_sae - 1}).")
+        raise InvalidRequest(
+            f"Feature {d.layer}:{index} is out of range: {fset.display_name} has "
+            f"{d.d_sae:,} features per layer (0–{d.d_sae - 1})."
+        )

@@ -96,6 +96,7 @@ def _groups(edits: Sequence[Edit]) -> list[_Group]:
 def _group_hooks(group: _Group, prompt: bool) -> list[Hook]:
     d = group.dictionary
     if d.hook_name == d.out_hook_name:
+
         def edit_hook(act: torch.Tensor, hook) -> torch.Tensor | None:
             delta = group.delta(act, prompt)
             return None if delta is None else act + delta
@@ -141,8 +142,9 @@ class SteeringHooks:
 class FeatureCapture:
     """Hooks that record features' activations (and optionally attention patterns) unchanged."""
 
-    def __init__(self, features: dict[int, tuple[FeatureDictionary, list[int]]],
-                 patterns: Sequence[str] = ()) -> None:
+    def __init__(
+        self, features: dict[int, tuple[FeatureDictionary, list[int]]], patterns: Sequence[str] = ()
+    ) -> None:
         """`features`: id(dictionary) -> (dictionary, feature indices to record)."""
         self.features = features
         self.pattern_names = list(patterns)
@@ -159,6 +161,7 @@ class FeatureCapture:
 
             hooks.append((d.hook_name, capture))
         for name in self.pattern_names:
+
             def keep(act: torch.Tensor, hook, name=name) -> None:
                 self.patterns[name] = act.detach().clone()
 

@@ -56,14 +56,21 @@ class Sums:
         self.kl += other.kl
         self.n_positions += other.n_positions
         if other.logit_delta is not None:
-            self.logit_delta = other.logit_delta.clone() if self.logit_delta is None else \
-                self.logit_delta + other.logit_delta
+            self.logit_delta = (
+                other.logit_delta.clone()
+                if self.logit_delta is None
+                else self.logit_delta + other.logit_delta
+            )
 
     def means(self) -> dict[str, float]:
         ce_d = self.ce_default / self.n_predicted if self.n_predicted else 0.0
         ce_s = self.ce_steered / self.n_predicted if self.n_predicted else 0.0
-        return {"ce_loss_default": ce_d, "ce_loss_steered": ce_s, "delta_ce_loss": ce_s - ce_d,
-                "kl": self.kl / self.n_positions if self.n_positions else 0.0}
+        return {
+            "ce_loss_default": ce_d,
+            "ce_loss_steered": ce_s,
+            "delta_ce_loss": ce_s - ce_d,
+            "kl": self.kl / self.n_positions if self.n_positions else 0.0,
+        }
 
     def mean_logit_delta(self) -> torch.Tensor | None:
         if self.logit_delta is None or not self.n_positions:
@@ -71,8 +78,13 @@ class Sums:
         return self.logit_delta / self.n_positions
 
 
-def batch_sums(default_logits: torch.Tensor, steered_logits: torch.Tensor, tokens: torch.Tensor,
-               valid: torch.Tensor, default_logp: torch.Tensor | None = None) -> tuple[Sums, torch.Tensor]:
+def batch_sums(
+    default_logits: torch.Tensor,
+    steered_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    valid: torch.Tensor,
+    default_logp: torch.Tensor | None = None,
+) -> tuple[Sums, torch.Tensor]:
     """Sums for one batch, and the per-position KL [batch, seq] (0 where invalid)."""
     logp_d = log_probs(default_logits) if default_logp is None else default_logp
     logp_s = log_probs(steered_logits)
@@ -81,13 +93,20 @@ def batch_sums(default_logits: torch.Tensor, steered_logits: torch.Tensor, token
     ce_s = (token_ce(logp_s, tokens) * pred).sum()
     kl = token_kl(logp_d, logp_s) * valid
     delta = ((centred(steered_logits) - centred(default_logits)) * valid.unsqueeze(-1)).sum((0, 1))
-    sums = Sums(ce_default=float(ce_d), ce_steered=float(ce_s), n_predicted=int(pred.sum()),
-                kl=float(kl.sum()), n_positions=int(valid.sum()), logit_delta=delta.cpu())
+    sums = Sums(
+        ce_default=float(ce_d),
+        ce_steered=float(ce_s),
+        n_predicted=int(pred.sum()),
+        kl=float(kl.sum()),
+        n_positions=int(valid.sum()),
+        logit_delta=delta.cpu(),
+    )
     return sums, kl
 
 
-def top_deltas(mean_delta: torch.Tensor | None, decode: Callable[[list[int]], list[str]], n: int = 5
-               ) -> list[tuple[str, float]]:
+def top_deltas(
+    mean_delta: torch.Tensor | None, decode: Callable[[list[int]], list[str]], n: int = 5
+) -> list[tuple[str, float]]:
     """The `n` most raised tokens (largest first), then the `n` most lowered (most negative first);
     only tokens whose logit moved at all."""
     if mean_delta is None:

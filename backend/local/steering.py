@@ -26,7 +26,8 @@ from backend.errors import InvalidRequest, LimitExceeded
 from backend.local import analysis, steer_metrics
 from backend.local.dictionaries import FeatureDictionary
 from backend.local.feature_sets import FeatureSet, check_index, load_dictionaries, resolve_model, resolve_set
-from backend.local.interventions import Edit, FeatureCapture, Hook, SteeringHooks, pattern_hook_names
+from backend.local.generation import Generation, generate
+from backend.local.interventions import Edit, FeatureCapture, SteeringHooks, pattern_hook_names
 from backend.protocol import Progress, no_progress
 from backend.schemas import (
     AppliedIntervention,
@@ -43,61 +44,6 @@ from backend.schemas import (
 
 if TYPE_CHECKING:
     from backend.local.backend import LocalBackend
-
-
-@dataclass
-class Generation:
-    ids: list[int]  # prompt and generated tokens
-    prompt_logits: torch.Tensor  # [n_prompt, vocab], on the device
-    top_ids: list[list[int]]  # per position, the top-k next tokens (empty past an EOS stop)
-    top_probs: list[list[float]]
-
-
-def _sample(logits: torch.Tensor, counts: torch.Tensor, temperature: float, freq_penalty: float,
-            gen: torch.Generator) -> int:
-    if temperature == 0.0:
-        return int(logits.argmax())
-    scaled = logits.float() / temperature
-    if freq_penalty:
-        scaled = scaled - freq_penalty * counts
-    return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen))
-
-
-def generate(model, prompt: torch.Tensor, *, n_tokens: int, temperature: float, freq_penalty: float, seed: int,
-             top_k: int, prompt_hooks: Sequence[Hook] = (), step_hooks: Sequence[Hook] = (),
-             stop_at_eos: bool = True) -> Generation:
-    """Generate `n_tokens` after `prompt` [1, n] with a KV cache; call under the model's lock.
-    The last forward also reads the last token, so every position has its top-k."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    device = prompt.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    eos = model.tokenizer.eos_token_id if (stop_at_eos and model.tokenizer is not None) else None
-    ids = prompt[0].tolist()
-    with torch.inference_mode():
-        with model.hooks(fwd_hooks=list(prompt_hooks)):
-            logits = model(prompt, past_kv_cache=cache)[0]
-        prompt_logits = logits
-        top_ids, top_probs = steer_metrics.top_k_table(logits, top_k)
-        counts = torch.bincount(prompt[0], minlength=logits.shape[-1]).float() if freq_penalty else None
-        last = logits[-1]
-        with model.hooks(fwd_hooks=list(step_hooks)):
-            for _ in range(n_tokens):
-                token = _sample(last, counts, temperature, freq_penalty, gen)
-                ids.append(token)
-                if counts is not None:
-                    counts[token] += 1
-                if eos is not None and token == eos:
-                    top_ids.append([])
-                    top_probs.append([])
-                    break
-                step = model(torch.tensor([[token]], device=device), past_kv_cache=cache)[0]
-                t_ids, t_probs = steer_metrics.top_k_table(step, top_k)
-                top_ids += t_ids
-                top_probs += t_probs
-                last = step[-1]
-    return Generation(ids=ids, prompt_logits=prompt_logits, top_ids=top_ids, top_probs=top_probs)
 
 
 # ------------------------------------------------------------------ request -> edits
@@ -119,15 +65,21 @@ class Prepared:
 def check_settings(backend: LocalBackend, req: SteerSettings) -> None:
     lim = backend.limits
     if req.n_tokens > lim.max_new_tokens:
-        raise LimitExceeded("n_tokens", req.n_tokens, lim.max_new_tokens,
-                            "Generate fewer tokens or raise FEATURESCOPE_MAX_NEW_TOKENS.")
+        raise LimitExceeded(
+            "n_tokens",
+            req.n_tokens,
+            lim.max_new_tokens,
+            "Generate fewer tokens or raise FEATURESCOPE_MAX_NEW_TOKENS.",
+        )
     if len(req.prompt) > lim.max_text_chars:
-        raise LimitExceeded("The prompt length (characters)", len(req.prompt), lim.max_text_chars,
-                            "Shorten the prompt.")
+        raise LimitExceeded(
+            "The prompt length (characters)", len(req.prompt), lim.max_text_chars, "Shorten the prompt."
+        )
 
 
-def prepare(backend: LocalBackend, req: SteerSettings, targets: Sequence[FeatureTarget],
-            progress: Progress) -> Prepared:
+def prepare(
+    backend: LocalBackend, req: SteerSettings, targets: Sequence[FeatureTarget], progress: Progress
+) -> Prepared:
     entry = resolve_model(backend, req.model)
     default_set = resolve_set(entry, req.sae_set)
     sets = {default_set.id: default_set}
@@ -150,12 +102,15 @@ def prepare(backend: LocalBackend, req: SteerSettings, targets: Sequence[Feature
 
 def prompt_mask(target: FeatureTarget, tokens: analysis.Tokenized, device) -> torch.Tensor | None:
     n = tokens.n_tokens
-    for p in target.prompt_positions() + ([target.token_active_position]
-                                          if target.token_active_position is not None else []):
+    for p in target.prompt_positions() + (
+        [target.token_active_position] if target.token_active_position is not None else []
+    ):
         if p >= n:
-            raise InvalidRequest(f"Position {p} of feature {target.layer}:{target.index} is past the prompt, "
-                                 f"which has {n} tokens (positions 0–{n - 1}"
-                                 f"{', BOS at 0' if tokens.tokens[0].special else ''}).")
+            raise InvalidRequest(
+                f"Position {p} of feature {target.layer}:{target.index} is past the prompt, "
+                f"which has {n} tokens (positions 0–{n - 1}"
+                f"{', BOS at 0' if tokens.tokens[0].special else ''})."
+            )
     mask = torch.zeros(n, dtype=torch.bool)
     mask[target.prompt_positions()] = True
     if target.steer_all_prompt_positions:
@@ -173,12 +128,21 @@ def _capture_for(edits: Sequence[Edit]) -> dict[int, tuple[FeatureDictionary, li
 
 
 def _tokens(model, prepared: Prepared, req: SteerSettings, backend: LocalBackend) -> analysis.Tokenized:
-    tokens = analysis.tokenize(model, req.prompt, prepend_bos=prepared.default_set.prepend_bos(model),
-                               window=None, max_tokens=backend.limits.max_prompt_tokens)
+    tokens = analysis.tokenize(
+        model,
+        req.prompt,
+        prepend_bos=prepared.default_set.prepend_bos(model),
+        window=None,
+        max_tokens=backend.limits.max_prompt_tokens,
+    )
     room = model.cfg.n_ctx - tokens.n_tokens - 1
     if req.n_tokens > room:
-        raise LimitExceeded("The prompt plus n_tokens", tokens.n_tokens + req.n_tokens + 1, model.cfg.n_ctx,
-                            "Shorten the prompt or generate fewer tokens (the model's context).")
+        raise LimitExceeded(
+            "The prompt plus n_tokens",
+            tokens.n_tokens + req.n_tokens + 1,
+            model.cfg.n_ctx,
+            "Shorten the prompt or generate fewer tokens (the model's context).",
+        )
     return tokens
 
 
@@ -186,34 +150,54 @@ def _run_kwargs(req: SteerSettings, seed: int) -> dict:
     return dict(n_tokens=req.n_tokens, temperature=req.temperature, freq_penalty=req.freq_penalty, seed=seed)
 
 
-def _default_run(model, tokens: analysis.Tokenized, edits: Sequence[Edit], req: SteerSettings, seed: int,
-                 top_k: int) -> tuple[Generation, FeatureCapture]:
-    capture = FeatureCapture(_capture_for(edits),
-                             pattern_hook_names(model.cfg.n_layers) if req.freeze_attention else ())
+def _default_run(
+    model, tokens: analysis.Tokenized, edits: Sequence[Edit], req: SteerSettings, seed: int, top_k: int
+) -> tuple[Generation, FeatureCapture]:
+    capture = FeatureCapture(
+        _capture_for(edits), pattern_hook_names(model.cfg.n_layers) if req.freeze_attention else ()
+    )
     run = generate(model, tokens.ids, top_k=top_k, prompt_hooks=capture.hooks(), **_run_kwargs(req, seed))
     return run, capture
 
 
 def _metrics(model, default: Generation, steered: Generation, prompt: torch.Tensor) -> SteerMetrics:
     valid = torch.ones_like(prompt, dtype=torch.bool)
-    sums, kl = steer_metrics.batch_sums(default.prompt_logits[None], steered.prompt_logits[None], prompt, valid)
+    sums, kl = steer_metrics.batch_sums(
+        default.prompt_logits[None], steered.prompt_logits[None], prompt, valid
+    )
     m = sums.means()
     decode = lambda ids: analysis.token_texts(model.tokenizer, ids)  # noqa: E731
-    return SteerMetrics(ce_loss_default=m["ce_loss_default"], ce_loss_steered=m["ce_loss_steered"],
-                        delta_ce_loss=m["delta_ce_loss"], kl_divergence=m["kl"], kl_by_position=kl[0].tolist(),
-                        top_logit_deltas=steer_metrics.top_deltas(sums.mean_logit_delta(), decode))
+    return SteerMetrics(
+        ce_loss_default=m["ce_loss_default"],
+        ce_loss_steered=m["ce_loss_steered"],
+        delta_ce_loss=m["delta_ce_loss"],
+        kl_divergence=m["kl"],
+        kl_by_position=kl[0].tolist(),
+        top_logit_deltas=steer_metrics.top_deltas(sums.mean_logit_delta(), decode),
+    )
 
 
-def _applied(backend: LocalBackend, prepared: Prepared, target: FeatureTarget, edit: Edit,
-             capture: FeatureCapture) -> AppliedIntervention:
+def _applied(
+    backend: LocalBackend, prepared: Prepared, target: FeatureTarget, edit: Edit, capture: FeatureCapture
+) -> AppliedIntervention:
     fset, d = prepared.dictionary(target)
     positions = [] if edit.prompt_mask is None else torch.nonzero(edit.prompt_mask).flatten().tolist()
     explanation, _ = backend.explanations.get(prepared.entry.id, fset.id, target.layer, target.index)
     return AppliedIntervention(
-        layer=target.layer, index=target.index, sae_set=fset.id, kind=fset.kind, hook_name=d.hook_name,
-        out_hook_name=d.out_hook_name, operation=edit.operation, amount=edit.amount, target_value=edit.target,
-        prompt_positions=positions, generated_tokens=edit.generated,
-        clean_activations=capture.activations(d, target.index)[0].tolist(), explanation=explanation)
+        layer=target.layer,
+        index=target.index,
+        sae_set=fset.id,
+        kind=fset.kind,
+        hook_name=d.hook_name,
+        out_hook_name=d.out_hook_name,
+        operation=edit.operation,
+        amount=edit.amount,
+        target_value=edit.target,
+        prompt_positions=positions,
+        generated_tokens=edit.generated,
+        clean_activations=capture.activations(d, target.index)[0].tolist(),
+        explanation=explanation,
+    )
 
 
 def _generation_text(model, ids: list[int], tokens: analysis.Tokenized) -> str:
@@ -224,7 +208,7 @@ def _generation_text(model, ids: list[int], tokens: analysis.Tokenized) -> str:
 def _logits_by_token(model, run: Generation) -> list:
     flat = [i for row in run.top_ids for i in row]
     texts = analysis.token_texts(model.tokenizer, run.ids + flat)
-    own, rest = texts[:len(run.ids)], iter(texts[len(run.ids):])
+    own, rest = texts[: len(run.ids)], iter(texts[len(run.ids) :])
     table = []
     for pos, tok in enumerate(own):
         ids, probs = (run.top_ids[pos], run.top_probs[pos]) if pos < len(run.top_ids) else ([], [])
@@ -243,8 +227,12 @@ def steer(backend: LocalBackend, req: SteerRequest, progress: Progress | None = 
     lim = backend.limits
     check_settings(backend, req)
     if len(req.features) > lim.max_steer_features:
-        raise LimitExceeded("The number of interventions", len(req.features), lim.max_steer_features,
-                            "Steer fewer features at once.")
+        raise LimitExceeded(
+            "The number of interventions",
+            len(req.features),
+            lim.max_steer_features,
+            "Steer fewer features at once.",
+        )
     if req.top_k > lim.max_k:
         raise LimitExceeded("top_k", req.top_k, lim.max_k, "Ask for fewer next-token probabilities.")
     prepared = prepare(backend, req, req.features, progress)
@@ -258,29 +246,53 @@ def steer(backend: LocalBackend, req: SteerRequest, progress: Progress | None = 
             e.target = _target(f, e, capture)
         progress(0.5, "Steered run…")
         hooks = SteeringHooks(edits, capture.patterns if req.freeze_attention else None)
-        steered = generate(model, tokens.ids, top_k=req.top_k, prompt_hooks=hooks.prompt_hooks(),
-                           step_hooks=hooks.step_hooks(), **_run_kwargs(req, seed))
+        steered = generate(
+            model,
+            tokens.ids,
+            top_k=req.top_k,
+            prompt_hooks=hooks.prompt_hooks(),
+            step_hooks=hooks.step_hooks(),
+            **_run_kwargs(req, seed),
+        )
         metrics = _metrics(model, default, steered, tokens.ids)
         result = SteerResult(
             DEFAULT_GENERATION=_generation_text(model, default.ids, tokens),
             STEERED_GENERATION=_generation_text(model, steered.ids, tokens),
             DEFAULT_LOGITS_BY_TOKEN=_logits_by_token(model, default),
             STEERED_LOGITS_BY_TOKEN=_logits_by_token(model, steered),
-            metrics=metrics, model=prepared.entry.id, sae_set=prepared.default_set.id,
-            prompt_tokens=tokens.tokens, default_ids=default.ids, steered_ids=steered.ids,
+            metrics=metrics,
+            model=prepared.entry.id,
+            sae_set=prepared.default_set.id,
+            prompt_tokens=tokens.tokens,
+            default_ids=default.ids,
+            steered_ids=steered.ids,
             interventions=[_applied(backend, prepared, f, e, capture) for f, e in zip(req.features, edits)],
-            seed=seed, label=prepared.loaded.label)
+            seed=seed,
+            label=prepared.loaded.label,
+        )
     progress(1.0, "Steered.")
     result.elapsed_ms = timer.ms()
     return result
 
 
-def _edit(prepared: Prepared, f: SteerFeature | FeatureTarget, tokens: analysis.Tokenized, model,
-          operation: str | None = None, amount: float | None = None) -> Edit:
+def _edit(
+    prepared: Prepared,
+    f: SteerFeature | FeatureTarget,
+    tokens: analysis.Tokenized,
+    model,
+    operation: str | None = None,
+    amount: float | None = None,
+) -> Edit:
     _, d = prepared.dictionary(f)
     op = operation or f.operation
-    return Edit(dictionary=d, index=f.index, operation=op, amount=amount if operation else f.amount,
-                prompt_mask=prompt_mask(f, tokens, tokens.ids.device), generated=f.steer_generated_tokens)
+    return Edit(
+        dictionary=d,
+        index=f.index,
+        operation=op,
+        amount=amount if operation else f.amount,
+        prompt_mask=prompt_mask(f, tokens, tokens.ids.device),
+        generated=f.steer_generated_tokens,
+    )
 
 
 def _target(f: SteerFeature, e: Edit, capture: FeatureCapture) -> float | None:
@@ -292,13 +304,17 @@ def _target(f: SteerFeature, e: Edit, capture: FeatureCapture) -> float | None:
     return None
 
 
-def sweep(backend: LocalBackend, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
+def sweep(
+    backend: LocalBackend, req: SteerSweepRequest, progress: Progress | None = None
+) -> SteerSweepResult:
     progress = progress or no_progress
     timer = analysis.Timer()
     lim = backend.limits
     check_settings(backend, req)
     if len(req.alphas) > lim.max_sweep_alphas:
-        raise LimitExceeded("The number of alphas", len(req.alphas), lim.max_sweep_alphas, "Sweep fewer alphas.")
+        raise LimitExceeded(
+            "The number of alphas", len(req.alphas), lim.max_sweep_alphas, "Sweep fewer alphas."
+        )
     prepared = prepare(backend, req, [req.feature], progress)
     seed = _seed(req)
     with prepared.loaded.use(lim.lock_timeout_s) as model:
@@ -311,16 +327,34 @@ def sweep(backend: LocalBackend, req: SteerSweepRequest, progress: Progress | No
             progress((i + 1) / (len(req.alphas) + 1), f"alpha = {alpha:g} ({i + 1}/{len(req.alphas)})…")
             edit = _edit(prepared, req.feature, tokens, model, "alpha", float(alpha))
             hooks = SteeringHooks([edit], capture.patterns if req.freeze_attention else None)
-            run = generate(model, tokens.ids, top_k=0, prompt_hooks=hooks.prompt_hooks(),
-                           step_hooks=hooks.step_hooks(), **_run_kwargs(req, seed))
-            points.append(SweepPoint(alpha=float(alpha), STEERED_GENERATION=_generation_text(model, run.ids, tokens),
-                                     steered_ids=run.ids, metrics=_metrics(model, default, run, tokens.ids)))
+            run = generate(
+                model,
+                tokens.ids,
+                top_k=0,
+                prompt_hooks=hooks.prompt_hooks(),
+                step_hooks=hooks.step_hooks(),
+                **_run_kwargs(req, seed),
+            )
+            points.append(
+                SweepPoint(
+                    alpha=float(alpha),
+                    STEERED_GENERATION=_generation_text(model, run.ids, tokens),
+                    steered_ids=run.ids,
+                    metrics=_metrics(model, default, run, tokens.ids),
+                )
+            )
         applied = _applied(backend, prepared, req.feature, base, capture)
         result = SteerSweepResult(
-            model=prepared.entry.id, sae_set=prepared.default_set.id if req.feature.sae_set is None
-            else req.feature.sae_set, feature=applied.model_copy(update={"amount": None}),
-            DEFAULT_GENERATION=_generation_text(model, default.ids, tokens), default_ids=default.ids,
-            prompt_tokens=tokens.tokens, points=points, seed=seed, label=prepared.loaded.label)
+            model=prepared.entry.id,
+            sae_set=prepared.default_set.id if req.feature.sae_set is None else req.feature.sae_set,
+            feature=applied.model_copy(update={"amount": None}),
+            DEFAULT_GENERATION=_generation_text(model, default.ids, tokens),
+            default_ids=default.ids,
+            prompt_tokens=tokens.tokens,
+            points=points,
+            seed=seed,
+            label=prepared.loaded.label,
+        )
     progress(1.0, "Swept.")
     result.elapsed_ms = timer.ms()
     return result

@@ -26,32 +26,52 @@ class ExperimentFeature(Request):
 class ExperimentRequest(Request):
     model: str = Field(description="Catalog model id.")
     sae_set: str = Field(description="SAE set (or per-layer transcoder set) of the model.")
-    hook: str | None = Field(None, description="Expected hook kind, e.g. 'resid_pre': refused if the set reads "
-                                               "another. None: the set's own.")
+    hook: str | None = Field(
+        None,
+        description="Expected hook kind, e.g. 'resid_pre': refused if the set reads "
+        "another. None: the set's own.",
+    )
     layers: list[int] | None = Field(None, description="Layers to test; None: every layer of the set.")
     alphas: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0], min_length=1)
     alpha: float = Field(2.0, description="The headline alpha (layer plot, snippets); added to alphas.")
     corpus: Literal["demo", "wikitext2", "texts"] = Field(
-        "demo", description="demo: the demo pack's corpus; wikitext2: WikiText-2 (test split) through "
-                            "`datasets`; texts: the passages given in `texts`.")
+        "demo",
+        description="demo: the demo pack's corpus; wikitext2: WikiText-2 (test split) through "
+        "`datasets`; texts: the passages given in `texts`.",
+    )
     texts: list[str] | None = None
     max_passages: int = Field(200, ge=1)
     max_len: int = Field(256, ge=2, description="Tokens per passage (longer ones are cut).")
     min_len: int = Field(8, ge=2, description="Shorter passages are skipped.")
     feature_source: Literal["list", "auto"] = Field(
-        "auto", description="list: `features`; auto: live features chosen by `live_percentile`.")
+        "auto", description="list: `features`; auto: live features chosen by `live_percentile`."
+    )
     features: list[ExperimentFeature] = Field(default_factory=list)
-    features_per_layer: int = Field(5, ge=1, description="Features per layer (best label_confidence first for "
-                                                         "a list; drawn with `seed` for auto).")
+    features_per_layer: int = Field(
+        5,
+        ge=1,
+        description="Features per layer (best label_confidence first for "
+        "a list; drawn with `seed` for auto).",
+    )
     min_conf: float = Field(0.0, description="list: skip features whose label_confidence is lower.")
-    live_percentile: float = Field(90.0, ge=0.0, le=100.0,
-                                   description="auto: pick among live features whose firing rate is at or "
-                                               "above this percentile of the live features' rates.")
-    calibration_passages: int = Field(50, ge=1, description="auto: passages whose firing rates choose features.")
+    live_percentile: float = Field(
+        90.0,
+        ge=0.0,
+        le=100.0,
+        description="auto: pick among live features whose firing rate is at or "
+        "above this percentile of the live features' rates.",
+    )
+    calibration_passages: int = Field(
+        50, ge=1, description="auto: passages whose firing rates choose features."
+    )
     batch_size: int = Field(16, ge=1, description="Passages per forward pass; halved on out-of-memory.")
     seed: int = 1234
-    n_snippets: int = Field(5, ge=0, description="Example snippets (highest KL) per feature at the headline alpha.")
-    snippet_window: int = Field(12, ge=1, description="Tokens of context either side of a snippet's position.")
+    n_snippets: int = Field(
+        5, ge=0, description="Example snippets (highest KL) per feature at the headline alpha."
+    )
+    snippet_window: int = Field(
+        12, ge=1, description="Tokens of context either side of a snippet's position."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentRequest:
@@ -126,7 +146,9 @@ class ExperimentResult(Result):
     rows: list[FeatureMetrics]
     layers: list[LayerSummary]
     snippets: list[Snippet] = Field(default_factory=list)
-    batch_size: int = Field(description="The batch size the run ended with (after any out-of-memory halving).")
+    batch_size: int = Field(
+        description="The batch size the run ended with (after any out-of-memory halving)."
+    )
     notes: list[str] = Field(default_factory=list)
     label: str | None = None
     elapsed_ms: float = 0.0

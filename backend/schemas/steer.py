@@ -22,28 +22,40 @@ class FeatureTarget(Request):
     index: int = Field(ge=0)
     sae_set: str | None = Field(None, description="SAE or transcoder set; defaults to the request's sae_set.")
     token_active_position: int | None = Field(
-        None, ge=0, description="Where the feature is active. With `delta`, the new value is the default "
-                                "run's activation here plus delta; without it, the activation at the "
-                                "steered position plus delta.")
+        None,
+        ge=0,
+        description="Where the feature is active. With `delta`, the new value is the default "
+        "run's activation here plus delta; without it, the activation at the "
+        "steered position plus delta.",
+    )
     steer_position: int | None = Field(None, ge=0, description="One prompt position to steer.")
     steer_positions: list[int] | None = Field(None, description="Several prompt positions.")
     steer_all_prompt_positions: bool = Field(
-        False, description="Every prompt position except special tokens (BOS).")
+        False, description="Every prompt position except special tokens (BOS)."
+    )
     steer_generated_tokens: bool = Field(False, description="Every generated token, as it is read back.")
 
     @model_validator(mode="after")
     def _somewhere(self) -> FeatureTarget:
-        if (self.steer_position is None and not self.steer_positions and not self.steer_all_prompt_positions
-                and not self.steer_generated_tokens):
-            raise ValueError(f"feature {self.layer}:{self.index} needs somewhere to steer: steer_position, "
-                             "steer_positions, steer_all_prompt_positions or steer_generated_tokens")
+        if (
+            self.steer_position is None
+            and not self.steer_positions
+            and not self.steer_all_prompt_positions
+            and not self.steer_generated_tokens
+        ):
+            raise ValueError(
+                f"feature {self.layer}:{self.index} needs somewhere to steer: steer_position, "
+                "steer_positions, steer_all_prompt_positions or steer_generated_tokens"
+            )
         if self.steer_positions and any(p < 0 for p in self.steer_positions):
             raise ValueError("steer_positions must be >= 0")
         return self
 
     def prompt_positions(self) -> list[int]:
         """The explicitly named prompt positions, in order, without repeats."""
-        named = ([] if self.steer_position is None else [self.steer_position]) + list(self.steer_positions or [])
+        named = ([] if self.steer_position is None else [self.steer_position]) + list(
+            self.steer_positions or []
+        )
         return list(dict.fromkeys(named))
 
 
@@ -75,26 +87,39 @@ class SteerFeature(FeatureTarget):
 
     @property
     def amount(self) -> float | None:
-        return {"ablate": None, "delta": self.delta, "set_value": self.set_value, "alpha": self.alpha}[self.operation]
+        return {"ablate": None, "delta": self.delta, "set_value": self.set_value, "alpha": self.alpha}[
+            self.operation
+        ]
 
 
 class SteerSettings(Request):
     """What both runs share: the model, the prompt and the generation settings."""
 
-    model: str = Field(validation_alias=AliasChoices("model", "model_id"),
-                       description="Catalog model id (the graph server's `model_id` is accepted).")
-    sae_set: str | None = Field(None, description="SAE or transcoder set of the features; None: the model's "
-                                                  "first transcoder set, else its first SAE set.")
+    model: str = Field(
+        validation_alias=AliasChoices("model", "model_id"),
+        description="Catalog model id (the graph server's `model_id` is accepted).",
+    )
+    sae_set: str | None = Field(
+        None,
+        description="SAE or transcoder set of the features; None: the model's "
+        "first transcoder set, else its first SAE set.",
+    )
     prompt: str = Field(min_length=1)
     n_tokens: int = Field(10, ge=1, description="Tokens to generate.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0: greedy.")
-    freq_penalty: float = Field(0.0, ge=-10.0, le=10.0,
-                                description="Subtracted from a token's logit per earlier occurrence "
-                                            "(as TransformerLens does; only when sampling).")
+    freq_penalty: float = Field(
+        0.0,
+        ge=-10.0,
+        le=10.0,
+        description="Subtracted from a token's logit per earlier occurrence "
+        "(as TransformerLens does; only when sampling).",
+    )
     seed: int | None = Field(None, description="Sampling seed; both runs use it. None: drawn and reported.")
     freeze_attention: bool = Field(
-        False, description="Steered run reads the prompt with the default run's attention patterns "
-                           "(as circuit-tracer: the prompt pass only).")
+        False,
+        description="Steered run reads the prompt with the default run's attention patterns "
+        "(as circuit-tracer: the prompt pass only).",
+    )
 
 
 class SteerRequest(SteerSettings):
@@ -121,8 +146,10 @@ class SteerMetrics(Result):
     kl_divergence: float = Field(description="Mean KL(default || steered) over prompt positions 0..n-1.")
     kl_by_position: list[float] = Field(default_factory=list, description="KL at each prompt position.")
     top_logit_deltas: list[tuple[str, float]] = Field(
-        default_factory=list, description="Mean change of the centred logit over the prompt positions: the "
-                                          "most raised tokens, then the most lowered.")
+        default_factory=list,
+        description="Mean change of the centred logit over the prompt positions: the "
+        "most raised tokens, then the most lowered.",
+    )
 
 
 class AppliedIntervention(Result):
@@ -136,10 +163,14 @@ class AppliedIntervention(Result):
     out_hook_name: str
     operation: str
     amount: float | None = None
-    target_value: float | None = Field(None, description="delta with token_active_position, set_value: the value set.")
+    target_value: float | None = Field(
+        None, description="delta with token_active_position, set_value: the value set."
+    )
     prompt_positions: list[int]
     generated_tokens: bool
-    clean_activations: list[float] = Field(description="The feature's activation at every prompt position, default run.")
+    clean_activations: list[float] = Field(
+        description="The feature's activation at every prompt position, default run."
+    )
     explanation: str | None = None
 
 
@@ -147,8 +178,10 @@ class SteerResult(Result):
     DEFAULT_GENERATION: str
     STEERED_GENERATION: str
     DEFAULT_LOGITS_BY_TOKEN: LogitsByToken = Field(
-        default_factory=list, description="[token, [[next token, probability], ...]] for every position, "
-                                          "index = position (BOS included).")
+        default_factory=list,
+        description="[token, [[next token, probability], ...]] for every position, "
+        "index = position (BOS included).",
+    )
     STEERED_LOGITS_BY_TOKEN: LogitsByToken = Field(default_factory=list)
     metrics: SteerMetrics | None = None
     model: str = ""
