@@ -240,7 +240,8 @@ def main() -> None:
     st.title("Steering playground")
     set_key = f"st_set::{model.id}"
     if set_key not in st.session_state:
-        wanted = state.query_param("sae_set", selection.sae_set)
+        # A link may name a transcoder set, which the sidebar (SAE sets only) replaces in the URL.
+        wanted = st.session_state.get("url_at_start", {}).get("sae_set") or selection.sae_set
         st.session_state[set_key] = wanted if wanted in sets else next(iter(sets))
     if "st_prompt" not in st.session_state:
         st.session_state["st_prompt"] = state.query_param("prompt", DEFAULT_PROMPT)

@@ -16,7 +16,7 @@ PROMPT = "Tell me <script>alert(1)</script> about tokens"
 
 
 def steer_page(**query: str):
-    at = app(model="demo", sae_set="res", **query).run()
+    at = app(**{"model": "demo", "sae_set": "res", **query}).run()
     at.switch_page("pages/steer.py").run()
     assert not at.exception, at.exception
     return at
@@ -165,3 +165,14 @@ def test_experiment_section_matches_the_backend(steered, backend):
         for c in steered.get("plotly_chart")
     ]
     assert any("CE by layer at alpha = 2" in t for t in titles)
+
+
+def test_a_link_to_a_transcoder_feature_steers_the_transcoder(hf_cache):
+    at = steer_page(sae_set="demo", feature="1:5", position="2", prompt="Transcoder features steer too")
+    assert at.selectbox(key="st_set::demo").value == "demo"
+    at.button(key="st_run").click().run()
+    assert not at.exception, at.exception
+    ivs = frame_with(at, "value set")
+    assert list(ivs["set"]) == ["demo"] and list(ivs["kind"]) == ["transcoder"]
+    assert list(ivs["writes to"]) == ["blocks.1.hook_mlp_out"]
+
