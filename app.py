@@ -22,7 +22,6 @@ navigation = st.navigation({
     "Explore": [PAGES["highlighter"], PAGES["steer"]],
     "Settings": [PAGES["system"]],
 })
-if "url_at_start" not in st.session_state:  # the URL as opened, before the sidebar rewrites model/sae_set
-    st.session_state["url_at_start"] = st.query_params.to_dict()
+st.session_state["url_before_sidebar"] = st.query_params.to_dict()  # the sidebar rewrites model/sae_set
 st.session_state["selection"] = render_sidebar()
 navigation.run()

@@ -41,9 +41,25 @@ def feature_sets(model) -> dict[str, str]:
     return sets
 
 
-def url_position() -> int | None:
-    raw = state.query_param("position")
-    return int(raw) if raw and raw.isdigit() else None
+def follow_link(sets: dict[str, str], set_key: str, sidebar_set: str | None) -> tuple[str | None, int | None]:
+    """A new link (?feature=L:I[&position=P][&sae_set=…][&prompt=…]) sets the feature set, the prompt
+    and the first intervention; returns the (feature, position) the interventions start from.
+
+    The URL is read as it was before the sidebar rewrote `sae_set` (a link may name a transcoder set)."""
+    url = st.session_state.get("url_before_sidebar", {})
+    raw = url.get("position")
+    link = (url.get("feature") or None, int(raw) if raw and str(raw).isdigit() else None)
+    if st.session_state.get("st_link") != link:
+        st.session_state["st_link"] = st.session_state["st_rows_from"] = link
+        if url.get("sae_set") in sets:
+            st.session_state[set_key] = url["sae_set"]
+        if url.get("prompt"):
+            st.session_state["st_prompt"] = url["prompt"]
+    if set_key not in st.session_state:
+        st.session_state[set_key] = sidebar_set if sidebar_set in sets else next(iter(sets))
+    if "st_prompt" not in st.session_state:
+        st.session_state["st_prompt"] = DEFAULT_PROMPT
+    return st.session_state.get("st_rows_from", (None, None))
 
 
 def settings_inputs() -> dict:
@@ -239,17 +255,12 @@ def main() -> None:
         return
     st.title("Steering playground")
     set_key = f"st_set::{model.id}"
-    if set_key not in st.session_state:
-        # A link may name a transcoder set, which the sidebar (SAE sets only) replaces in the URL.
-        wanted = st.session_state.get("url_at_start", {}).get("sae_set") or selection.sae_set
-        st.session_state[set_key] = wanted if wanted in sets else next(iter(sets))
-    if "st_prompt" not in st.session_state:
-        st.session_state["st_prompt"] = state.query_param("prompt", DEFAULT_PROMPT)
+    rows_from = follow_link(sets, set_key, selection.sae_set)
     c1, c2 = st.columns([1, 3])
     set_id = c1.selectbox("Features from", list(sets), key=set_key, format_func=lambda s: sets[s])
     prompt = c2.text_area("Prompt", key="st_prompt", height=80)
     st.markdown("**Interventions**")
-    rows = render_interventions(initial_rows(state.query_param("feature"), url_position()), key="st_rows")
+    rows = render_interventions(initial_rows(*rows_from), key="st_rows")
     settings = settings_inputs()
     tab_steer, tab_sweep, tab_exp = st.tabs(["Steer", "Alpha sweep", "Experiments"])
     with tab_steer:

@@ -176,3 +176,4 @@ def test_a_link_to_a_transcoder_feature_steers_the_transcoder(hf_cache):
     assert list(ivs["set"]) == ["demo"] and list(ivs["kind"]) == ["transcoder"]
     assert list(ivs["writes to"]) == ["blocks.1.hook_mlp_out"]
 
+
