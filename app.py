@@ -12,6 +12,7 @@ st.set_page_config(page_title="Featurescope", page_icon=":material/biotech:", la
 PAGES = {
     "highlighter": st.Page("pages/highlighter.py", title="Text highlighter", icon=":material/format_color_text:",
                            default=True, url_path="highlighter"),
+    "steer": st.Page("pages/steer.py", title="Steering", icon=":material/tune:", url_path="steer"),
     "compare": st.Page("pages/compare.py", title="Model compare", icon=":material/compare_arrows:",
                        url_path="compare"),
     "system": st.Page("pages/system.py", title="System", icon=":material/memory:", url_path="system"),
@@ -20,8 +21,9 @@ state.PAGES.clear()
 state.PAGES.update(PAGES)
 
 navigation = st.navigation({
-    "Explore": [PAGES["highlighter"], PAGES["compare"]],
+    "Explore": [PAGES["highlighter"], PAGES["steer"], PAGES["compare"]],
     "Settings": [PAGES["system"]],
 })
+st.session_state["url_before_sidebar"] = st.query_params.to_dict()  # the sidebar rewrites model/sae_set
 st.session_state["selection"] = render_sidebar()
 navigation.run()

@@ -27,11 +27,13 @@ from backend.schemas import (
     AnalyzeRequest,
     CompareRequest,
     EstimateRequest,
+    ExperimentRequest,
     FeatureRequest,
     GraphRequest,
     LayerFeature,
     SearchRequest,
     SteerRequest,
+    SteerSweepRequest,
     UnloadRequest,
 )
 
@@ -45,6 +47,9 @@ METHODS: dict[str, tuple[type[BaseModel] | None, str]] = {
     "feature": (FeatureRequest, "one feature's dashboard"),
     "search": (SearchRequest, "features firing on a text, or matching an explanation"),
     "steer": (SteerRequest, "default vs steered generation"),
+    "sweep": (SteerSweepRequest, "one feature scaled by several alphas on a prompt"),
+    "experiment": (ExperimentRequest, "small intervention experiment over a corpus (large runs: "
+                                      "python -m backend.experiments run)"),
     "attribute": (GraphRequest, "attribution graph of a prompt (circuit-tracer JSON)"),
     "compare": (CompareRequest, "several models on the same domain sentences"),
 }

@@ -9,7 +9,9 @@ or None when unknown. The UI turns it into a progress bar, the CLI into a tqdm l
 
 Beyond the eight methods of DESIGN.md, `estimate` and `unload` serve the System page: memory
 estimates before loading, and freeing a model. They cross the protocol so a remote GPU can be
-managed from the app as well as a local one.
+managed from the app as well as a local one. `sweep` (one feature scaled by several alphas on a
+prompt) and `experiment` (seed 002's interventions over a corpus) serve the steering playground:
+each is one call, so the default run is computed once and a remote GPU does the whole job.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from backend.schemas import (
     CompareRequest,
     CompareResult,
     EstimateRequest,
+    ExperimentRequest,
+    ExperimentResult,
     FeatureRequest,
     FeatureResult,
     GraphRequest,
@@ -34,6 +38,8 @@ from backend.schemas import (
     SearchResult,
     SteerRequest,
     SteerResult,
+    SteerSweepRequest,
+    SteerSweepResult,
     UnloadRequest,
 )
 
@@ -64,6 +70,10 @@ class Backend(Protocol):
 
     def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult: ...
 
+    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult: ...
+
+    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult: ...
+
     def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult: ...
 
     def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult: ...
@@ -78,8 +88,11 @@ class PendingMethods:
     def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
         raise NotImplementedYet("search", "Feature search")
 
-    def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
-        raise NotImplementedYet("steer", "Steering")
+    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
+        raise NotImplementedYet("sweep", "The alpha sweep")
+
+    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult:
+        raise NotImplementedYet("experiment", "Intervention experiments")
 
     def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
         raise NotImplementedYet("attribute", "Attribution graphs")

@@ -14,7 +14,7 @@ from backend.catalog import Catalog, ModelEntry, SaeSetEntry, load_catalog
 from backend.demo.pack import DemoPack, fill_entry, find_pack
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.explanations import ExplanationStore
-from backend.local import analysis, compare
+from backend.local import analysis, compare, steering
 from backend.local.models import LoadedModel, ModelManager
 from backend.protocol import PendingMethods, Progress
 from backend.schemas import (
@@ -24,11 +24,17 @@ from backend.schemas import (
     CompareRequest,
     CompareResult,
     EstimateRequest,
+    ExperimentRequest,
+    ExperimentResult,
     InfoResult,
     LoadedModelInfo,
     MemoryEstimate,
     ModelInfo,
     SaeSetInfo,
+    SteerRequest,
+    SteerResult,
+    SteerSweepRequest,
+    SteerSweepResult,
     TranscoderSetInfo,
     UnloadRequest,
 )
@@ -214,3 +220,15 @@ class LocalBackend(PendingMethods):
     def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult:
         """Several models on the same sentences and domain terms, loaded one after another."""
         return compare.compare_models(self, req, progress)
+
+    # ------------------------------------------------------------------ steering (local/steering.py)
+    def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
+        return steering.steer(self, req, progress)
+
+    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
+        return steering.sweep(self, req, progress)
+
+    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult:
+        from backend.experiments.runner import run_request
+
+        return run_request(self, req, progress)

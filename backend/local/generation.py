@@ -1,0 +1,84 @@
+"""Token-by-token generation with a KV cache, recording the top-k next tokens at every position.
+
+`generate` runs the prompt pass with `prompt_hooks` and every one-token step with `step_hooks`
+(each list added with `model.hooks(...)`, so none outlives the call). It samples with its own
+`torch.Generator`, so no global random state is touched, following TransformerLens'
+`sample_logits`: logits / temperature, minus freq_penalty x the token's count so far (prompt
+included); temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from backend.local import steer_metrics
+from backend.local.interventions import Hook
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # prompt and generated tokens
+    prompt_logits: torch.Tensor  # [n_prompt, vocab], on the device
+    top_ids: list[list[int]]  # per position, the top-k next tokens (empty past an EOS stop)
+    top_probs: list[list[float]]
+
+
+def _sample(
+    logits: torch.Tensor, counts: torch.Tensor, temperature: float, freq_penalty: float, gen: torch.Generator
+) -> int:
+    if temperature == 0.0:
+        return int(logits.argmax())
+    scaled = logits.float() / temperature
+    if freq_penalty:
+        scaled = scaled - freq_penalty * counts
+    return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen))
+
+
+def generate(
+    model,
+    prompt: torch.Tensor,
+    *,
+    n_tokens: int,
+    temperature: float,
+    freq_penalty: float,
+    seed: int,
+    top_k: int,
+    prompt_hooks: Sequence[Hook] = (),
+    step_hooks: Sequence[Hook] = (),
+    stop_at_eos: bool = True,
+) -> Generation:
+    """Generate `n_tokens` after `prompt` [1, n] with a KV cache; call under the model's lock.
+    The last forward also reads the last token, so every position has its top-k."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    device = prompt.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    eos = model.tokenizer.eos_token_id if (stop_at_eos and model.tokenizer is not None) else None
+    ids = prompt[0].tolist()
+    with torch.inference_mode():
+        with model.hooks(fwd_hooks=list(prompt_hooks)):
+            logits = model(prompt, past_kv_cache=cache)[0]
+        prompt_logits = logits
+        top_ids, top_probs = steer_metrics.top_k_table(logits, top_k)
+        counts = torch.bincount(prompt[0], minlength=logits.shape[-1]).float() if freq_penalty else None
+        last = logits[-1]
+        with model.hooks(fwd_hooks=list(step_hooks)):
+            for _ in range(n_tokens):
+                token = _sample(last, counts, temperature, freq_penalty, gen)
+                ids.append(token)
+                if counts is not None:
+                    counts[token] += 1
+                if eos is not None and token == eos:
+                    top_ids.append([])
+                    top_probs.append([])
+                    break
+                step = model(torch.tensor([[token]], device=device), past_kv_cache=cache)[0]
+                t_ids, t_probs = steer_metrics.top_k_table(step, top_k)
+                top_ids += t_ids
+                top_probs += t_probs
+                last = step[-1]
+    return Generation(ids=ids, prompt_logits=prompt_logits, top_ids=top_ids, top_probs=top_probs)

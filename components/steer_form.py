@@ -1,0 +1,161 @@
+"""The playground's inputs: the table of interventions, and turning its rows into request fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from backend.schemas import LayerFeature
+
+OPERATIONS = ["ablate", "delta", "set_value", "alpha"]
+COLUMNS = ["feature", "operation", "amount", "positions", "active at", "generated"]
+
+
+def initial_rows(feature: str | None, position: int | None) -> pd.DataFrame:
+    """The row a link brings (feature=L:I, optionally position=P): ablate it at the position where it
+    is active (as a graph node asks), or, with no position, add to it everywhere."""
+    rows: list[dict[str, Any]] = []
+    if feature:
+        if position is not None:
+            rows.append(
+                {
+                    "feature": feature,
+                    "operation": "ablate",
+                    "amount": None,
+                    "positions": str(position),
+                    "active at": position,
+                    "generated": False,
+                }
+            )
+        else:
+            rows.append(
+                {
+                    "feature": feature,
+                    "operation": "delta",
+                    "amount": 10.0,
+                    "positions": "all",
+                    "active at": None,
+                    "generated": True,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype(
+        {
+            "feature": "string",
+            "operation": "string",
+            "amount": "float64",
+            "positions": "string",
+            "active at": "Int64",
+            "generated": "boolean",
+        }
+    )
+
+
+def render_interventions(initial: pd.DataFrame, *, key: str) -> pd.DataFrame:
+    return st.data_editor(
+        initial,
+        key=key,
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "feature": st.column_config.TextColumn("feature", help="layer:index, e.g. 1:42", required=True),
+            "operation": st.column_config.SelectboxColumn(
+                "operation",
+                options=OPERATIONS,
+                required=True,
+                help="ablate: set to 0; delta: add; set_value: set; alpha: multiply",
+            ),
+            "amount": st.column_config.NumberColumn("amount", help="delta, value or alpha (not for ablate)"),
+            "positions": st.column_config.TextColumn(
+                "positions", help="prompt positions (BOS is 0): 'all', '3, 5', or empty"
+            ),
+            "active at": st.column_config.NumberColumn(
+                "active at", min_value=0, step=1, help="delta: new value = activation here + delta"
+            ),
+            "generated": st.column_config.CheckboxColumn(
+                "generated", help="also steer every generated token"
+            ),
+        },
+    )
+
+
+def _blank(value: Any) -> bool:
+    return (
+        value is None
+        or value is pd.NA
+        or (isinstance(value, float) and value != value)
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def features_from_rows(rows: pd.DataFrame, sae_set: str) -> list[dict[str, Any]]:
+    """SteerFeature fields for each row; ValueError with what to fix."""
+    out = []
+    for n, row in enumerate(rows.to_dict("records"), start=1):
+        if _blank(row.get("feature")):
+            continue
+        f = LayerFeature.parse(str(row["feature"]))
+        item: dict[str, Any] = {"layer": f.layer, "index": f.index, "sae_set": sae_set}
+        op = str(row.get("operation") or "ablate")
+        if op not in OPERATIONS:
+            raise ValueError(f"Row {n}: operation is one of {', '.join(OPERATIONS)}.")
+        if op == "ablate":
+            item["ablate"] = True
+        else:
+            if _blank(row.get("amount")):
+                raise ValueError(f"Row {n}: {op} needs an amount.")
+            item[op] = float(row["amount"])
+        positions = "" if _blank(row.get("positions")) else str(row["positions"]).strip().lower()
+        if positions == "all":
+            item["steer_all_prompt_positions"] = True
+        elif positions:
+            try:
+                item["steer_positions"] = [
+                    int(p) for p in positions.replace(";", ",").split(",") if p.strip()
+                ]
+            except ValueError:
+                raise ValueError(f"Row {n}: positions are 'all' or numbers such as '3, 5'.") from None
+        if not _blank(row.get("active at")):
+            item["token_active_position"] = int(row["active at"])
+        item["steer_generated_tokens"] = (
+            bool(row.get("generated")) if not _blank(row.get("generated")) else False
+        )
+        if not positions and not item["steer_generated_tokens"]:
+            raise ValueError(f"Row {n}: say where to steer: positions, or tick 'generated'.")
+        out.append(item)
+    return out
+
+
+def parse_alphas(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise ValueError("Alphas are numbers separated by commas, e.g. 0, 0.5, 1, 2, 4.") from None
+    if not values:
+        raise ValueError("Give at least one alpha.")
+    return values
+
+
+def features_from_csv(data: bytes) -> list[dict[str, Any]]:
+    """Rows of an uploaded Neuronpedia-template CSV (layer, feature_id, label, label_confidence)."""
+    import io
+
+    frame = pd.read_csv(io.BytesIO(data))
+    cols = {c.lower().strip(): c for c in frame.columns}
+    id_col = next((cols[c] for c in ("feature_id", "index", "feature") if c in cols), None)
+    if "layer" not in cols or id_col is None:
+        raise ValueError(
+            "The CSV needs the columns layer and feature_id (label and label_confidence optional)."
+        )
+    out = []
+    for row in frame.to_dict("records"):
+        item = {"layer": int(row[cols["layer"]]), "index": int(row[id_col])}
+        if "label" in cols and not _blank(row[cols["label"]]):
+            item["label"] = str(row[cols["label"]])
+        if "label_confidence" in cols and not _blank(row[cols["label_confidence"]]):
+            item["label_confidence"] = float(row[cols["label_confidence"]])
+        out.append(item)
+    return out
