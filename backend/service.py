@@ -50,6 +50,7 @@ log = logging.getLogger("featurescope.service")
 VERSION = "0.1.0"
 
 _ERRORS = {
+    400: "The body is not JSON, or a header is malformed.",
     401: "No API key (X-Api-Key or x-secret-key).",
     403: "Wrong API key.",
     404: "Unknown model, SAE set, layer or feature.",
