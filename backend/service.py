@@ -19,6 +19,7 @@ the lock is released (`backend/upload.py`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import gc
@@ -26,6 +27,7 @@ import inspect
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -100,7 +102,8 @@ class Service:
         self._backend_lock = threading.Lock()
         self.gpu = threading.Lock()
         self.uploader = uploader or Uploader(self.settings.upload_timeout_s)
-        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._limiters: weakref.WeakKeyDictionary[Any, dict[str, anyio.CapacityLimiter]] = \
+            weakref.WeakKeyDictionary()
 
     @property
     def backend(self) -> Any:
@@ -113,10 +116,12 @@ class Service:
         return self._backend
 
     def limiter(self, pool: str) -> anyio.CapacityLimiter:
-        """Worker threads per pool, so requests waiting for the GPU never starve /health or /models."""
-        if pool not in self._limiters:
-            self._limiters[pool] = anyio.CapacityLimiter({"gpu": 16, "light": 16, "health": 2}[pool])
-        return self._limiters[pool]
+        """Worker threads per pool, so requests waiting for the GPU never starve /health or /models.
+        One set per event loop (the RunPod worker may run each job in its own)."""
+        pools = self._limiters.setdefault(asyncio.get_running_loop(), {})
+        if pool not in pools:
+            pools[pool] = anyio.CapacityLimiter({"gpu": 16, "light": 16, "health": 2}[pool])
+        return pools[pool]
 
     @contextlib.contextmanager
     def hold_gpu(self) -> Iterator[None]:

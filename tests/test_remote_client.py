@@ -133,3 +133,14 @@ def test_extra_headers_for_modal_proxy_auth_are_sent_and_urls_are_checked(backen
     for bad in ("ftp://host", "localhost:8000", ""):
         with pytest.raises(InvalidRequest, match="FEATURESCOPE_REMOTE_URL"):
             RemoteBackend(bad)
+
+
+def test_modal_proxy_headers_come_from_the_environment(backend, monkeypatch):
+    from backend.settings import Settings
+
+    monkeypatch.setenv("FEATURESCOPE_REMOTE_HEADERS", '{"Modal-Key": "wk-env", "Modal-Secret": "ws-env"}')
+    settings = Settings()
+    assert "ws-env" not in repr(settings), "secrets stay hidden in reprs and logs"
+    transport, seen = scripted(httpx.Response(200, json=catalog_json(backend)))
+    RemoteBackend("https://svc.example", settings=settings, transport=transport).catalog()
+    assert seen[0].headers["modal-key"] == "wk-env" and seen[0].headers["modal-secret"] == "ws-env"
