@@ -71,6 +71,15 @@ _key_scheme = APIKeyHeader(name="X-Api-Key", auto_error=False,
                            description="FEATURESCOPE_API_KEY of the service (also accepted as x-secret-key).")
 
 
+MIN_KEY_CHARS = 16  # for a service reachable beyond this machine
+
+
+def service_key(settings: Settings) -> str | None:
+    """The API key the service requires; an empty or blank FEATURESCOPE_API_KEY is no key."""
+    key = settings.api_key.get_secret_value().strip() if settings.api_key else ""
+    return key or None
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")
     oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
@@ -169,9 +178,9 @@ class Service:
         except Exception as exc:  # health answers even when the backend cannot
             message = exc.message if isinstance(exc, BackendError) else type(exc).__name__
             return HealthResult(status="degraded", backend=self.settings.backend, version=VERSION,
-                                auth=self.settings.api_key is not None, busy=self.gpu.locked(), message=message)
+                                auth=service_key(self.settings) is not None, busy=self.gpu.locked(), message=message)
         dev = info.device
-        return HealthResult(status="ok", backend=info.backend, version=VERSION, auth=self.settings.api_key is not None,
+        return HealthResult(status="ok", backend=info.backend, version=VERSION, auth=service_key(self.settings) is not None,
                             busy=self.gpu.locked(), device=dev.kind, device_name=dev.name,
                             memory_total_gb=dev.total_gb, memory_used_gb=dev.used_gb, memory_free_gb=dev.free_gb,
                             loaded=[m.model for m in info.loaded])
@@ -238,7 +247,7 @@ def create_app(backend: Any = None, *, settings: Settings | None = None,
     """The ASGI app: FastAPI behind the Guard. `backend` defaults to `get_backend(settings)` on first use."""
     settings = settings or get_settings()
     service = Service(backend, settings, uploader)
-    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    api_key = service_key(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):  # build the backend before the first request is accepted
@@ -301,11 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    if settings.api_key is None:
-        if not is_loopback(args.host):
-            print(f"Refusing to serve on {args.host} without a secret: set FEATURESCOPE_API_KEY (clients send it "
-                  "in X-Api-Key), or listen on 127.0.0.1.", file=sys.stderr)
-            return 2
+    key = service_key(settings)
+    if not is_loopback(args.host) and (key is None or len(key) < MIN_KEY_CHARS):
+        what = "without a secret" if key is None else f"with a {len(key)}-character secret"
+        print(f"Refusing to serve on {args.host} {what}: set FEATURESCOPE_API_KEY to at least {MIN_KEY_CHARS} "
+              "characters (python -c 'import secrets; print(secrets.token_urlsafe(32))'); clients send it in "
+              "X-Api-Key. Or listen on 127.0.0.1.", file=sys.stderr)
+        return 2
+    if key is None:
         log.warning("No FEATURESCOPE_API_KEY: every route is open to this machine (loopback only).")
     import uvicorn
 

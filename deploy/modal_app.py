@@ -60,11 +60,11 @@ secret = modal.Secret.from_name("featurescope")
 @modal.asgi_app(requires_proxy_auth=PROXY_AUTH)
 def service():
     """The HTTP service (the same app as `python -m backend.service`)."""
-    from backend.service import create_app
+    from backend.service import create_app, service_key
     from backend.settings import get_settings
 
     settings = get_settings()
-    if not PROXY_AUTH and settings.api_key is None:
+    if not PROXY_AUTH and service_key(settings) is None:
         raise RuntimeError("Without Modal proxy auth the service needs FEATURESCOPE_API_KEY in the "
                            "'featurescope' secret; refusing to serve an open endpoint.")
     return create_app(settings=settings)

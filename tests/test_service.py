@@ -12,6 +12,7 @@ import httpx
 import pytest
 import torch
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from backend import service as service_module
 from backend.schemas import AnalyzeRequest, CatalogResult, GraphResult
@@ -321,8 +322,21 @@ def test_steer_and_generate_graph_take_the_seed_fields_and_fill_in_the_set(backe
 
 
 # ---------------------------------------------------------------------------------------- start-up
-def test_refuses_to_serve_beyond_loopback_without_a_secret(capsys):
+def test_refuses_to_serve_beyond_loopback_without_a_secret(backend, capsys, monkeypatch):
     for host in ("0.0.0.0", "::", "192.0.2.10"):
         assert service_module.main(["--host", host, "--port", "1"]) == 2
-        assert "FEATURESCOPE_API_KEY" in capsys.readouterr().err
+        assert "without a secret" in capsys.readouterr().err
+    for weak in ("   ", "short-key"):  # blank is no key; a guessable one is refused too
+        monkeypatch.setattr(service_module, "get_settings", lambda weak=weak: Settings(api_key=weak))
+        assert service_module.main(["--host", "0.0.0.0", "--port", "1"]) == 2
+        assert "FEATURESCOPE_API_KEY to at least 16" in capsys.readouterr().err
+    app = create_app(Spy(backend), settings=Settings(api_key=" "))
+    assert app.key_digest is None, "a blank key is no key (and main() refuses it beyond loopback)"
+
+
+def test_websockets_are_refused(backend):
+    app, _ = make(backend)
+    with pytest.raises(WebSocketDisconnect):
+        with TestClient(app).websocket_connect("/api/info", headers={"X-Api-Key": KEY}):
+            pass
 
