@@ -46,15 +46,26 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 class RemoteBackend:
     kind = "remote"
 
-    def __init__(self, url: str, api_key: str | None = None, *, settings: Settings | None = None,
-                 timeout_s: float | None = None, connect_timeout_s: float | None = None,
-                 retries: int | None = None, backoff_s: float = 0.5, headers: dict[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        settings: Settings | None = None,
+        timeout_s: float | None = None,
+        connect_timeout_s: float | None = None,
+        retries: int | None = None,
+        backoff_s: float = 0.5,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         settings = settings or get_settings()
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(f"The remote backend URL '{url}' is not an http(s) URL; set FEATURESCOPE_REMOTE_URL "
-                                 "to e.g. https://your-service.example or http://127.0.0.1:8000.")
+            raise InvalidRequest(
+                f"The remote backend URL '{url}' is not an http(s) URL; set FEATURESCOPE_REMOTE_URL "
+                "to e.g. https://your-service.example or http://127.0.0.1:8000."
+            )
         self.url = url.strip().rstrip("/")
         if api_key and parts.scheme == "http" and not is_loopback(parts.hostname):
             log.warning("The API key goes to %s over plain HTTP; use https for a remote service.", self.url)
@@ -66,8 +77,13 @@ class RemoteBackend:
         if api_key:
             sent["X-Api-Key"] = api_key
         self._client = httpx.Client(
-            base_url=self.url, headers=sent, transport=transport, follow_redirects=False,
-            timeout=httpx.Timeout(self.timeout_s, connect=connect_timeout_s or settings.remote_connect_timeout_s),
+            base_url=self.url,
+            headers=sent,
+            transport=transport,
+            follow_redirects=False,
+            timeout=httpx.Timeout(
+                self.timeout_s, connect=connect_timeout_s or settings.remote_connect_timeout_s
+            ),
         )
 
     def close(self) -> None:
@@ -88,8 +104,9 @@ class RemoteBackend:
         if progress is not None:
             progress(None, f"Waiting for the remote backend ({method.name})…")
         body = None if req is None else req.model_dump(mode="json")
-        response = self._send(method.http_method, method.path, body, idempotent=method.idempotent,
-                              name=method.name)
+        response = self._send(
+            method.http_method, method.path, body, idempotent=method.idempotent, name=method.name
+        )
         result = method.result.model_validate_json(response.content)
         if "backend" in method.result.model_fields and "remote_url" in method.result.model_fields:
             result = result.model_copy(update={"backend": "remote", "remote_url": self.url})
@@ -104,27 +121,37 @@ class RemoteBackend:
                 response = self._client.request(verb, path, json=body)
             except httpx.ConnectError as exc:  # nothing was sent: safe to retry any method
                 error: BackendError = RemoteUnavailable(
-                    f"Cannot reach the remote backend at {self.url} ({_reason(exc)}). Check that the service is "
-                    "running and that FEATURESCOPE_REMOTE_URL is right.", url=self.url)
+                    f"Cannot reach the remote backend at {self.url} ({_reason(exc)}). Check that the "
+                    "service is running and that FEATURESCOPE_REMOTE_URL is right.",
+                    url=self.url,
+                )
                 retry = True
             except httpx.TimeoutException as exc:
                 connect = isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
                 waited = self._client.timeout.connect if connect else self.timeout_s
+                did_not = "accept a connection" if connect else "answer"
                 error = RemoteUnavailable(
-                    f"The remote backend at {self.url} did not {'accept a connection' if connect else 'answer'} "
+                    f"The remote backend at {self.url} did not {did_not} "
                     f"within {waited:g} s. Retry later, or raise FEATURESCOPE_REMOTE_"
-                    f"{'CONNECT_' if connect else ''}TIMEOUT_S.", url=self.url)
+                    f"{'CONNECT_' if connect else ''}TIMEOUT_S.",
+                    url=self.url,
+                )
                 retry = connect
             except httpx.TransportError as exc:  # the connection dropped mid-request
-                error = RemoteUnavailable(f"The connection to the remote backend at {self.url} failed "
-                                          f"({_reason(exc)}). Retry.", url=self.url)
+                error = RemoteUnavailable(
+                    f"The connection to the remote backend at {self.url} failed ({_reason(exc)}). Retry.",
+                    url=self.url,
+                )
                 retry = idempotent
             else:
                 if response.status_code < 400:
                     return response
                 error = self._error(response, name)
-                retry = (idempotent and response.status_code in RETRY_STATUSES
-                         and error.kind in ("busy", "remote_unavailable"))
+                retry = (
+                    idempotent
+                    and response.status_code in RETRY_STATUSES
+                    and error.kind in ("busy", "remote_unavailable")
+                )
             if not retry or attempt >= self.retries:
                 raise error
             attempt += 1
@@ -143,8 +170,11 @@ class RemoteBackend:
         wire = isinstance(payload, dict) and "error" in payload and "message" in payload
         if status in (401, 403):
             what = "needs an API key" if status == 401 else "refused the API key"
-            return Unauthorized(f"The remote backend at {self.url} {what} (HTTP {status}). Set FEATURESCOPE_API_KEY "
-                                "(environment or Streamlit secrets) to the service's key.", status=status)
+            return Unauthorized(
+                f"The remote backend at {self.url} {what} (HTTP {status}). Set FEATURESCOPE_API_KEY "
+                "(environment or Streamlit secrets) to the service's key.",
+                status=status,
+            )
         if wire:
             if payload["error"] == "not_found" and (payload.get("details") or {}).get("route"):
                 return NotImplementedYet(name, f"The remote service at {self.url} (an older version)")
@@ -152,11 +182,16 @@ class RemoteBackend:
         if status == 404:
             return NotImplementedYet(name, f"The remote service at {self.url} (not a Featurescope service?)")
         if status == 503:
-            return Busy(f"The remote backend at {self.url} is unavailable (HTTP 503): busy, retry in a moment.")
+            return Busy(
+                f"The remote backend at {self.url} is unavailable (HTTP 503): busy, retry in a moment."
+            )
         snippet = response.text[:120].strip().replace("\n", " ")
-        error = RemoteUnavailable(f"The remote backend at {self.url} answered HTTP {status}"
-                                  f"{f' ({snippet})' if snippet else ''}. Check FEATURESCOPE_REMOTE_URL and the "
-                                  "service's log.", status=status)
+        error = RemoteUnavailable(
+            f"The remote backend at {self.url} answered HTTP {status}"
+            f"{f' ({snippet})' if snippet else ''}. Check FEATURESCOPE_REMOTE_URL and the "
+            "service's log.",
+            status=status,
+        )
         return error
 
 
@@ -167,14 +202,18 @@ def _reason(exc: Exception) -> str:
 
 def _bind(method: Method):
     if method.request is None:
+
         def call(self: RemoteBackend) -> BaseModel:
             return self.call(method, None)
     elif method.long:
+
         def call(self: RemoteBackend, req: BaseModel, progress: Progress | None = None) -> BaseModel:
             return self.call(method, req, progress)
     else:
+
         def call(self: RemoteBackend, req: BaseModel) -> BaseModel:
             return self.call(method, req)
+
     call.__name__ = call.__qualname__ = method.name
     call.__doc__ = f"Backend.{method.name} on the remote service ({method.http_method} {method.path})."
     return call

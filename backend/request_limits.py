@@ -57,8 +57,14 @@ _CHARS = "Shorten the text or raise FEATURESCOPE_MAX_TEXT_CHARS."
 CHECKS: dict[type[BaseModel], tuple[Check, ...]] = {
     AnalyzeRequest: (
         Check("k", "max_k", "k", "Ask for fewer features per token.", name_env=False),
-        Check("track", "max_tracked_features", "The number of tracked features", "Track fewer features.", _length,
-              name_env=False),
+        Check(
+            "track",
+            "max_tracked_features",
+            "The number of tracked features",
+            "Track fewer features.",
+            _length,
+            name_env=False,
+        ),
         Check("text", "max_text_chars", "The text length (characters)", _CHARS, _length, name_env=False),
     ),
     SearchRequest: (
@@ -66,13 +72,16 @@ CHECKS: dict[type[BaseModel], tuple[Check, ...]] = {
         Check("text", "max_text_chars", "The text length (characters)", _CHARS, _length),
         Check("query", "max_text_chars", "The query length (characters)", "Shorten the query.", _length),
     ),
-    FeatureRequest: (
-        Check("n_examples", "max_examples", "n_examples", "Ask for fewer examples."),
-    ),
+    FeatureRequest: (Check("n_examples", "max_examples", "n_examples", "Ask for fewer examples."),),
     SteerRequest: (
         Check("prompt", "max_text_chars", "The prompt length (characters)", _CHARS, _length),
-        Check("features", "max_steer_features", "The number of steered features", "Steer fewer features.",
-              _length),
+        Check(
+            "features",
+            "max_steer_features",
+            "The number of steered features",
+            "Steer fewer features.",
+            _length,
+        ),
         Check("n_tokens", "max_new_tokens", "n_tokens", "Generate fewer tokens."),
     ),
     GraphRequest: (
@@ -81,8 +90,12 @@ CHECKS: dict[type[BaseModel], tuple[Check, ...]] = {
         Check("batch_size", "max_batch_size", "batch_size", "Use a smaller batch_size."),
     ),
     CompareRequest: (
-        Check("models", "max_compare_models", "The number of models", "Compare fewer models at once.", _length),
-        Check("sentences", "max_compare_sentences", "The number of sentences", "Use fewer sentences.", _length),
+        Check(
+            "models", "max_compare_models", "The number of models", "Compare fewer models at once.", _length
+        ),
+        Check(
+            "sentences", "max_compare_sentences", "The number of sentences", "Use fewer sentences.", _length
+        ),
         Check("sentences", "max_text_chars", "The longest sentence (characters)", "Shorten it.", _longest),
         Check("k", "max_k", "k", "Ask for fewer features."),
     ),

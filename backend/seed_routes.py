@@ -17,7 +17,14 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from backend.errors import InvalidRequest, NotFound
-from backend.schemas import AnalyzeRequest, CatalogResult, CompareRequest, GraphRequest, ModelInfo, SteerRequest
+from backend.schemas import (
+    AnalyzeRequest,
+    CatalogResult,
+    CompareRequest,
+    GraphRequest,
+    ModelInfo,
+    SteerRequest,
+)
 from backend.schemas.service import UploadReceipt, seed_request_model
 
 
@@ -37,18 +44,27 @@ class SeedRoute:
 
 
 TopKRequest = seed_request_model(
-    "TopKRequest", AnalyzeRequest,
+    "TopKRequest",
+    AnalyzeRequest,
     rename={"model": "model_id", "include_explanations": "include_descriptions", "layers": "layer"},
     optional={"sae_set"},
-    replace={"layer": (int | None, Field(None, ge=0, description="One SAE layer; None: every layer of the set."))},
+    replace={
+        "layer": (int | None, Field(None, ge=0, description="One SAE layer; None: every layer of the set."))
+    },
     doc="Seed 000's /features/topk request: top-k SAE features per token.",
 )
 SeedSteerRequest = seed_request_model(
-    "SeedSteerRequest", SteerRequest, rename={"model": "model_id"}, optional={"sae_set"},
+    "SeedSteerRequest",
+    SteerRequest,
+    rename={"model": "model_id"},
+    optional={"sae_set"},
     doc="Seed 003's /steer request: default vs steered generation.",
 )
 GenerateGraphRequest = seed_request_model(
-    "GenerateGraphRequest", GraphRequest, rename={"model": "model_id"}, optional={"transcoder_set"},
+    "GenerateGraphRequest",
+    GraphRequest,
+    rename={"model": "model_id"},
+    optional={"transcoder_set"},
     doc="Seed 003's /generate-graph request: an attribution graph, returned or uploaded to signed_url.",
 )
 
@@ -60,38 +76,83 @@ def _graph_answer(result: BaseModel, receipt: UploadReceipt | None) -> Any:
 SEED_ROUTES: tuple[SeedRoute, ...] = (
     SeedRoute("/models", "catalog", "Models with their SAE and transcoder sets (seed 000)", None),
     SeedRoute(
-        "/features/topk", "analyze", "Top-k SAE features per token (seed 000)", TopKRequest, AnalyzeRequest,
+        "/features/topk",
+        "analyze",
+        "Top-k SAE features per token (seed 000)",
+        TopKRequest,
+        AnalyzeRequest,
         rename={"model_id": "model", "include_descriptions": "include_explanations", "layer": "layers"},
         convert={"layer": lambda v: None if v is None else [v]},
         set_field="sae_set",
-        example={"model_id": "gpt2-small", "text": "The plasma reached high temperature", "layer": None, "k": 10,
-                 "include_descriptions": True},
+        example={
+            "model_id": "gpt2-small",
+            "text": "The plasma reached high temperature",
+            "layer": None,
+            "k": 10,
+            "include_descriptions": True,
+        },
     ),
     SeedRoute(
-        "/compare", "compare", "Several models on the same domain sentences (seed 000)", CompareRequest,
+        "/compare",
+        "compare",
+        "Several models on the same domain sentences (seed 000)",
         CompareRequest,
-        example={"models": ["gemma-2-2b", "llama-3.1-8b"], "sentences": ["The tokamak achieved H-mode"],
-                 "domain_terms": ["tokamak", "plasma", "confinement"]},
+        CompareRequest,
+        example={
+            "models": ["gemma-2-2b", "llama-3.1-8b"],
+            "sentences": ["The tokamak achieved H-mode"],
+            "domain_terms": ["tokamak", "plasma", "confinement"],
+        },
     ),
     SeedRoute(
-        "/generate-graph", "attribute", "Attribution graph JSON, or its upload to signed_url (seed 003)",
-        GenerateGraphRequest, GraphRequest, rename={"model_id": "model"}, set_field="transcoder_set",
-        example={"prompt": "1 2 ", "model_id": "google/gemma-2-2b", "batch_size": 48, "max_n_logits": 10,
-                 "desired_logit_prob": 0.95, "node_threshold": 0.8, "edge_threshold": 0.85,
-                 "slug_identifier": "count-1-2", "max_feature_nodes": 5000},
+        "/generate-graph",
+        "attribute",
+        "Attribution graph JSON, or its upload to signed_url (seed 003)",
+        GenerateGraphRequest,
+        GraphRequest,
+        rename={"model_id": "model"},
+        set_field="transcoder_set",
+        example={
+            "prompt": "1 2 ",
+            "model_id": "google/gemma-2-2b",
+            "batch_size": 48,
+            "max_n_logits": 10,
+            "desired_logit_prob": 0.95,
+            "node_threshold": 0.8,
+            "edge_threshold": 0.85,
+            "slug_identifier": "count-1-2",
+            "max_feature_nodes": 5000,
+        },
         respond=_graph_answer,
     ),
     SeedRoute(
-        "/steer", "steer", "Default vs steered generation with top logits (seed 003)", SeedSteerRequest,
-        SteerRequest, rename={"model_id": "model"}, set_field="sae_set",
-        example={"model_id": "google/gemma-2-2b", "prompt": "Fait: Michael Jordan joue au",
-                 "features": [{"layer": 20, "index": 1454, "token_active_position": 6, "steer_position": 6,
-                               "ablate": True},
-                              {"layer": 20, "index": 341, "token_active_position": 7, "steer_position": 7,
-                               "delta": 350},
-                              {"layer": 20, "index": 341, "token_active_position": 7,
-                               "steer_generated_tokens": True, "delta": 350}],
-                 "n_tokens": 10, "top_k": 3, "temperature": 0, "freq_penalty": 0, "freeze_attention": False},
+        "/steer",
+        "steer",
+        "Default vs steered generation with top logits (seed 003)",
+        SeedSteerRequest,
+        SteerRequest,
+        rename={"model_id": "model"},
+        set_field="sae_set",
+        example={
+            "model_id": "google/gemma-2-2b",
+            "prompt": "Fait: Michael Jordan joue au",
+            "features": [
+                {"layer": 20, "index": 1454, "token_active_position": 6, "steer_position": 6, "ablate": True},
+                {"layer": 20, "index": 341, "token_active_position": 7, "steer_position": 7, "delta": 350},
+                {
+                    "layer": 20,
+                    "index": 341,
+                    "token_active_position": 7,
+                    "steer_generated_tokens": True,
+                    "delta": 350,
+                },
+            ],
+            "n_tokens": 10,
+            "top_k": 3,
+            "temperature": 0,
+            "freq_penalty": 0,
+            "freeze_attention": False,
+        },
     ),
 )
 
@@ -103,8 +164,10 @@ def resolve_model(model_id: str, catalog: CatalogResult) -> ModelInfo:
         for m in catalog.models:
             if m.id.lower() == candidate:
                 return m
-    raise NotFound(f"Unknown model '{model_id}'. Valid models: {', '.join(m.id for m in catalog.models)}.",
-                   model=model_id)
+    raise NotFound(
+        f"Unknown model '{model_id}'. Valid models: {', '.join(m.id for m in catalog.models)}.",
+        model=model_id,
+    )
 
 
 def _first_set(info: ModelInfo, set_field: str) -> str:
@@ -113,7 +176,9 @@ def _first_set(info: ModelInfo, set_field: str) -> str:
     sets = transcoders if set_field == "transcoder_set" else [s.id for s in info.sae_sets] + transcoders
     if not sets:
         kind = "transcoder" if set_field == "transcoder_set" else "SAE"
-        raise NotFound(f"Model '{info.id}' has no {kind} set in the catalog; choose another model.", model=info.id)
+        raise NotFound(
+            f"Model '{info.id}' has no {kind} set in the catalog; choose another model.", model=info.id
+        )
     return sets[0]
 
 

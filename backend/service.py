@@ -57,7 +57,7 @@ _ERRORS = {
     403: "Wrong API key.",
     404: "Unknown model, SAE set, layer or feature.",
     413: "Over a limit (body size, characters, k, features, n_tokens, max_feature_nodes, batch_size, …); "
-         "the message names it.",
+    "the message names it.",
     422: "Malformed request; the message says which field.",
     501: "The backend does not provide this method yet.",
     503: "Busy (retry), out of GPU memory (cache freed; retry smaller), or model weights unavailable.",
@@ -67,8 +67,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()
 }
 UPLOAD_ERROR = {502: {"model": ErrorBody, "description": "The upload to signed_url failed."}}
-_key_scheme = APIKeyHeader(name="X-Api-Key", auto_error=False,
-                           description="FEATURESCOPE_API_KEY of the service (also accepted as x-secret-key).")
+_key_scheme = APIKeyHeader(
+    name="X-Api-Key",
+    auto_error=False,
+    description="FEATURESCOPE_API_KEY of the service (also accepted as x-secret-key).",
+)
 
 
 MIN_KEY_CHARS = 16  # for a service reachable beyond this machine
@@ -103,16 +106,21 @@ def free_device_memory() -> None:
 class Service:
     """A Backend, its GPU lock and the upload of graphs; the routes call `run`."""
 
-    def __init__(self, backend: Any = None, settings: Settings | None = None,
-                 uploader: Callable[..., UploadReceipt] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Any = None,
+        settings: Settings | None = None,
+        uploader: Callable[..., UploadReceipt] | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
         self.limits = self.settings.limits
         self._backend = backend
         self._backend_lock = threading.Lock()
         self.gpu = threading.Lock()
         self.uploader = uploader or Uploader(self.settings.upload_timeout_s)
-        self._limiters: weakref.WeakKeyDictionary[Any, dict[str, anyio.CapacityLimiter]] = \
+        self._limiters: weakref.WeakKeyDictionary[Any, dict[str, anyio.CapacityLimiter]] = (
             weakref.WeakKeyDictionary()
+        )
 
     @property
     def backend(self) -> Any:
@@ -136,8 +144,11 @@ class Service:
     def hold_gpu(self) -> Iterator[None]:
         wait = self.limits.lock_timeout_s
         if not self.gpu.acquire(timeout=wait):
-            raise Busy(f"The GPU is busy with another request and stayed busy for {wait:g} s: busy, retry in a "
-                       "moment (FEATURESCOPE_LOCK_TIMEOUT_S sets the wait).", waited_s=wait)
+            raise Busy(
+                f"The GPU is busy with another request and stayed busy for {wait:g} s: busy, retry in a "
+                "moment (FEATURESCOPE_LOCK_TIMEOUT_S sets the wait).",
+                waited_s=wait,
+            )
         try:
             yield
         finally:
@@ -162,11 +173,14 @@ class Service:
                 if is_out_of_memory(exc):
                     free_device_memory()
                     raise OutOfMemory(
-                        f"The GPU ran out of memory during {method.name}; its cache was freed and the service is "
-                        "ready. Retry with a shorter prompt, fewer layers or a smaller batch_size.") from None
+                        f"The GPU ran out of memory during {method.name}; its cache was freed and the "
+                        "service is ready. Retry with a shorter prompt, fewer layers or a smaller batch_size."
+                    ) from None
                 log.exception("%s failed", method.name)
-                raise BackendError(f"The service failed in {method.name} ({type(exc).__name__}). Retry; if it "
-                                   "persists, report it with the service log.") from exc
+                raise BackendError(
+                    f"The service failed in {method.name} ({type(exc).__name__}). Retry; if it "
+                    "persists, report it with the service log."
+                ) from exc
         receipt = None
         if upload_to:
             receipt = self.uploader(upload_to, result, compress=bool(getattr(req, "compress", False)))
@@ -177,16 +191,35 @@ class Service:
             info = self.backend.info()
         except Exception as exc:  # health answers even when the backend cannot
             message = exc.message if isinstance(exc, BackendError) else type(exc).__name__
-            return HealthResult(status="degraded", backend=self.settings.backend, version=VERSION,
-                                auth=service_key(self.settings) is not None, busy=self.gpu.locked(), message=message)
+            return HealthResult(
+                status="degraded",
+                backend=self.settings.backend,
+                version=VERSION,
+                auth=service_key(self.settings) is not None,
+                busy=self.gpu.locked(),
+                message=message,
+            )
         dev = info.device
-        return HealthResult(status="ok", backend=info.backend, version=VERSION, auth=service_key(self.settings) is not None,
-                            busy=self.gpu.locked(), device=dev.kind, device_name=dev.name,
-                            memory_total_gb=dev.total_gb, memory_used_gb=dev.used_gb, memory_free_gb=dev.free_gb,
-                            loaded=[m.model for m in info.loaded])
+        return HealthResult(
+            status="ok",
+            backend=info.backend,
+            version=VERSION,
+            auth=service_key(self.settings) is not None,
+            busy=self.gpu.locked(),
+            device=dev.kind,
+            device_name=dev.name,
+            memory_total_gb=dev.total_gb,
+            memory_used_gb=dev.used_gb,
+            memory_free_gb=dev.free_gb,
+            loaded=[m.model for m in info.loaded],
+        )
 
-    async def answer(self, method: Method, req: BaseModel | None,
-                     shape: Callable[[BaseModel, UploadReceipt | None], Any] | None = None) -> Response:
+    async def answer(
+        self,
+        method: Method,
+        req: BaseModel | None,
+        shape: Callable[[BaseModel, UploadReceipt | None], Any] | None = None,
+    ) -> Response:
         pool = "gpu" if method.long else "light"
         result, receipt = await anyio.to_thread.run_sync(self.run, method, req, limiter=self.limiter(pool))
         body: Any = shape(result, receipt) if shape else result
@@ -205,45 +238,65 @@ def error_response(exc: BackendError, status: int | None = None) -> JSONResponse
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    clean = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-             for e in errors[:20]]
-    parts = [f"{'.'.join(e['loc'][1:] if e['loc'][:1] == ['body'] else e['loc']) or 'body'}: {e['msg']}"
-             for e in clean[:3]]
+    clean = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors[:20]
+    ]
+    parts = [
+        f"{'.'.join(e['loc'][1:] if e['loc'][:1] == ['body'] else e['loc']) or 'body'}: {e['msg']}"
+        for e in clean[:3]
+    ]
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return f"The request is malformed — {'; '.join(parts)}{more}. See /docs for the fields.", clean
 
 
 def _protocol_endpoint(service: Service, method: Method) -> Callable[..., Any]:
     if method.request is None:
+
         async def endpoint() -> Response:
             return await service.answer(method, None)
     else:
+
         async def endpoint(req: Any) -> Response:
             return await service.answer(method, req)
 
         endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter("req", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=method.request)])
+            [inspect.Parameter("req", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=method.request)]
+        )
     endpoint.__name__ = f"api_{method.name}"
     return endpoint
 
 
 def _seed_endpoint(service: Service, route: SeedRoute, method: Method) -> Callable[..., Any]:
     if route.request is None:
+
         async def endpoint() -> Response:
             return await service.answer(method, None, route.respond)
     else:
+
         async def endpoint(req: Any) -> Response:
-            catalog = await anyio.to_thread.run_sync(service.backend.catalog, limiter=service.limiter("light"))
+            catalog = await anyio.to_thread.run_sync(
+                service.backend.catalog, limiter=service.limiter("light")
+            )
             return await service.answer(method, to_protocol(route, req, catalog), route.respond)
 
         endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter("req", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=route.request)])
+            [inspect.Parameter("req", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=route.request)]
+        )
     endpoint.__name__ = "seed_" + route.path.strip("/").replace("/", "_").replace("-", "_")
     return endpoint
 
 
-def create_app(backend: Any = None, *, settings: Settings | None = None,
-               uploader: Callable[..., UploadReceipt] | None = None) -> Any:
+def create_app(
+    backend: Any = None,
+    *,
+    settings: Settings | None = None,
+    uploader: Callable[..., UploadReceipt] | None = None,
+) -> Any:
     """The ASGI app: FastAPI behind the Guard. `backend` defaults to `get_backend(settings)` on first use."""
     settings = settings or get_settings()
     service = Service(backend, settings, uploader)
@@ -254,13 +307,19 @@ def create_app(backend: Any = None, *, settings: Settings | None = None,
         await anyio.to_thread.run_sync(lambda: service.backend)
         yield
 
-    app = FastAPI(title="Featurescope service", version=VERSION, lifespan=lifespan,
-                  description=(__doc__ or "").split("\n\n", 1)[1])
+    app = FastAPI(
+        title="Featurescope service",
+        version=VERSION,
+        lifespan=lifespan,
+        description=(__doc__ or "").split("\n\n", 1)[1],
+    )
     app.state.service = service
     guarded = [Security(_key_scheme)]
     methods = protocol_methods()
 
-    @app.get("/health", response_model=HealthResult, tags=["service"], summary="Status, device, loaded models")
+    @app.get(
+        "/health", response_model=HealthResult, tags=["service"], summary="Status, device, loaded models"
+    )
     async def health() -> HealthResult:
         return await anyio.to_thread.run_sync(service.health, limiter=service.limiter("health"))
 
@@ -269,17 +328,34 @@ def create_app(backend: Any = None, *, settings: Settings | None = None,
         responses = {**ERROR_RESPONSES, **(UPLOAD_ERROR if route.method == "attribute" else {})}
         extra: dict[str, Any] = {}
         if route.example is not None:
-            extra["openapi_extra"] = {"requestBody": {"content": {"application/json": {"example": route.example}}}}
+            extra["openapi_extra"] = {
+                "requestBody": {"content": {"application/json": {"example": route.example}}}
+            }
         response_model = None if route.respond else method.result
-        app.add_api_route(route.path, _seed_endpoint(service, route, method), methods=["GET" if route.request is
-                          None else "POST"], summary=route.summary, tags=["seed routes"], responses=responses,
-                          response_model=response_model, dependencies=guarded, **extra)
+        app.add_api_route(
+            route.path,
+            _seed_endpoint(service, route, method),
+            methods=["GET" if route.request is None else "POST"],
+            summary=route.summary,
+            tags=["seed routes"],
+            responses=responses,
+            response_model=response_model,
+            dependencies=guarded,
+            **extra,
+        )
 
     for method in methods.values():
         responses = {**ERROR_RESPONSES, **(UPLOAD_ERROR if method.name == "attribute" else {})}
-        app.add_api_route(method.path, _protocol_endpoint(service, method), methods=[method.http_method],
-                          response_model=method.result, summary=method_summary(method), tags=["protocol"],
-                          responses=responses, dependencies=guarded)
+        app.add_api_route(
+            method.path,
+            _protocol_endpoint(service, method),
+            methods=[method.http_method],
+            response_model=method.result,
+            summary=method_summary(method),
+            tags=["protocol"],
+            responses=responses,
+            dependencies=guarded,
+        )
 
     @app.exception_handler(BackendError)
     async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
@@ -293,7 +369,9 @@ def create_app(backend: Any = None, *, settings: Settings | None = None,
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            err: BackendError = NotFound(f"There is no route {request.url.path}; see /docs.", route=request.url.path)
+            err: BackendError = NotFound(
+                f"There is no route {request.url.path}; see /docs.", route=request.url.path
+            )
         else:
             err = InvalidRequest(f"{exc.detail} ({request.method} {request.url.path}); see /docs.")
         return error_response(err, exc.status_code)
@@ -305,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.service", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     parser.add_argument("--root-path", default="", help="the path prefix when served behind a proxy")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -313,16 +393,26 @@ def main(argv: list[str] | None = None) -> int:
     key = service_key(settings)
     if not is_loopback(args.host) and (key is None or len(key) < MIN_KEY_CHARS):
         what = "without a secret" if key is None else f"with a {len(key)}-character secret"
-        print(f"Refusing to serve on {args.host} {what}: set FEATURESCOPE_API_KEY to at least {MIN_KEY_CHARS} "
-              "characters (python -c 'import secrets; print(secrets.token_urlsafe(32))'); clients send it in "
-              "X-Api-Key. Or listen on 127.0.0.1.", file=sys.stderr)
+        print(
+            f"Refusing to serve on {args.host} {what}: set FEATURESCOPE_API_KEY to at least {MIN_KEY_CHARS} "
+            "characters (python -c 'import secrets; print(secrets.token_urlsafe(32))'); clients send it in "
+            "X-Api-Key. Or listen on 127.0.0.1.",
+            file=sys.stderr,
+        )
         return 2
     if key is None:
         log.warning("No FEATURESCOPE_API_KEY: every route is open to this machine (loopback only).")
     import uvicorn
 
-    uvicorn.run(create_app(settings=settings), host=args.host, port=args.port, log_level=args.log_level,
-                root_path=args.root_path, server_header=False, workers=None)
+    uvicorn.run(
+        create_app(settings=settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        root_path=args.root_path,
+        server_header=False,
+        workers=None,
+    )
     return 0
 
 

@@ -56,7 +56,7 @@ class Guard:
         path = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
-            path = path[len(root):] or "/"
+            path = path[len(root) :] or "/"
         headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers") or ():
             headers.setdefault(name.lower(), value)
@@ -64,12 +64,23 @@ class Guard:
         if self.key_digest is not None and path not in PUBLIC_PATHS:
             presented = [headers[h.encode()] for h in KEY_HEADERS if h.encode() in headers]
             if not presented:
-                await _reject(send, 401, Unauthorized(
-                    "This service needs an API key: send it in the X-Api-Key header (or x-secret-key)."))
+                await _reject(
+                    send,
+                    401,
+                    Unauthorized(
+                        "This service needs an API key: send it in the X-Api-Key header (or x-secret-key)."
+                    ),
+                )
                 return
             if not self.key_matches(presented):
-                await _reject(send, 403, Unauthorized(
-                    "The API key was refused. Send the service's FEATURESCOPE_API_KEY in the X-Api-Key header."))
+                await _reject(
+                    send,
+                    403,
+                    Unauthorized(
+                        "The API key was refused. Send the service's FEATURESCOPE_API_KEY in the X-Api-Key "
+                        "header."
+                    ),
+                )
                 return
 
         length = headers.get(b"content-length")
@@ -94,9 +105,12 @@ class Guard:
 
     def _too_big(self, n: int, at_least: bool = False) -> LimitExceeded:
         what = "The request body (bytes, at least)" if at_least else "The request body (bytes)"
-        return LimitExceeded(what, n, self.max_body_bytes,
-                             "Send less (shorter texts, fewer items), or raise FEATURESCOPE_MAX_BODY_BYTES "
-                             "on the service.")
+        return LimitExceeded(
+            what,
+            n,
+            self.max_body_bytes,
+            "Send less (shorter texts, fewer items), or raise FEATURESCOPE_MAX_BODY_BYTES on the service.",
+        )
 
     async def _read_bounded(self, receive: Receive) -> Receive | int:
         """A body without Content-Length, read up to the limit: a receive that replays it, or the

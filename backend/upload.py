@@ -26,8 +26,10 @@ def check_upload_url(url: str) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme.lower() != "https" or not parts.hostname:
         scheme = parts.scheme or "no scheme"
-        raise InvalidRequest(f"signed_url must be an https:// URL (a presigned PUT URL); this one has {scheme}.",
-                             field="signed_url")
+        raise InvalidRequest(
+            f"signed_url must be an https:// URL (a presigned PUT URL); this one has {scheme}.",
+            field="signed_url",
+        )
     return url.strip()
 
 
@@ -63,17 +65,30 @@ class Uploader:
         where = public_part(url)
         data, headers = self.payload(result, compress)
         try:
-            response = httpx.put(url, content=data, headers=headers, timeout=self.timeout_s, verify=self.verify,
-                                 follow_redirects=False)
+            response = httpx.put(
+                url,
+                content=data,
+                headers=headers,
+                timeout=self.timeout_s,
+                verify=self.verify,
+                follow_redirects=False,
+            )
         except httpx.TimeoutException:
-            raise UploadFailed(f"Uploading the graph to {where} took over {self.timeout_s:g} s. Retry, or raise "
-                               "FEATURESCOPE_UPLOAD_TIMEOUT_S on the service.") from None
+            raise UploadFailed(
+                f"Uploading the graph to {where} took over {self.timeout_s:g} s. Retry, or raise "
+                "FEATURESCOPE_UPLOAD_TIMEOUT_S on the service."
+            ) from None
         except httpx.HTTPError as exc:
-            raise UploadFailed(f"Could not upload the graph to {where}: {type(exc).__name__}. Check that the "
-                               "signed_url is reachable from the service.") from None
+            raise UploadFailed(
+                f"Could not upload the graph to {where}: {type(exc).__name__}. Check that the "
+                "signed_url is reachable from the service."
+            ) from None
         if response.status_code >= 300:
-            raise UploadFailed(f"{where} refused the graph upload with HTTP {response.status_code}. Check that the "
-                               "signed_url allows PUT and has not expired.", status=response.status_code)
+            raise UploadFailed(
+                f"{where} refused the graph upload with HTTP {response.status_code}. Check that the "
+                "signed_url allows PUT and has not expired.",
+                status=response.status_code,
+            )
         return UploadReceipt(
             success=f"Graph uploaded successfully to url: {where}",
             slug=str(getattr(result, "slug", "")),

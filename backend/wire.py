@@ -61,8 +61,14 @@ def _describe(name: str, fn: typing.Callable) -> Method:
     if not (isinstance(result, type) and issubclass(result, BaseModel)):
         raise TypeError(f"Backend.{name} must return a pydantic model, not {result!r}")
     doc = inspect.getdoc(fn) or ""
-    return Method(name=name, request=request, result=result, long=any(p.name == "progress" for p in params),
-                  idempotent=name not in NOT_IDEMPOTENT, doc=doc)
+    return Method(
+        name=name,
+        request=request,
+        result=result,
+        long=any(p.name == "progress" for p in params),
+        idempotent=name not in NOT_IDEMPOTENT,
+        doc=doc,
+    )
 
 
 @functools.cache

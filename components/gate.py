@@ -115,8 +115,11 @@ def render_gate() -> None:
 def _password_form(settings: Settings) -> None:
     encoded = configured_hash(settings)
     if encoded is None:
-        st.error("This app is closed: FEATURESCOPE_APP_AUTH=password needs FEATURESCOPE_APP_PASSWORD or "
-                 "FEATURESCOPE_APP_PASSWORD_HASH (environment or Streamlit secrets).", icon=":material/lock:")
+        st.error(
+            "This app is closed: FEATURESCOPE_APP_AUTH=password needs FEATURESCOPE_APP_PASSWORD or "
+            "FEATURESCOPE_APP_PASSWORD_HASH (environment or Streamlit secrets).",
+            icon=":material/lock:",
+        )
         return
     with st.form("gate_form"):
         password = st.text_input("Team password", type="password", key="gate_password")
@@ -131,16 +134,23 @@ def _password_form(settings: Settings) -> None:
 
 def _oidc_login(settings: Settings) -> None:
     if importlib.util.find_spec("authlib") is None:
-        st.error("This app is closed: FEATURESCOPE_APP_AUTH=oidc needs Authlib (pip install Authlib).",
-                 icon=":material/lock:")
+        st.error(
+            "This app is closed: FEATURESCOPE_APP_AUTH=oidc needs Authlib (pip install Authlib).",
+            icon=":material/lock:",
+        )
         return
     if _logged_in():
-        st.error(f"{st.user.get('email') or 'This account'} may not open this app "
-                 "(FEATURESCOPE_APP_ALLOWED_EMAILS).", icon=":material/block:")
+        st.error(
+            f"{st.user.get('email') or 'This account'} may not open this app "
+            "(FEATURESCOPE_APP_ALLOWED_EMAILS).",
+            icon=":material/block:",
+        )
         st.button("Log out", on_click=st.logout, key="gate_logout")
         return
     provider = settings.app_oidc_provider
-    st.button("Log in", on_click=st.login, args=(provider,) if provider else (), key="gate_login", type="primary")
+    st.button(
+        "Log in", on_click=st.login, args=(provider,) if provider else (), key="gate_login", type="primary"
+    )
     st.caption("Log in with your organisation's account (configured in [auth] of .streamlit/secrets.toml).")
 
 
@@ -156,8 +166,10 @@ def render_account(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.gate",
-                                     description="Print the hash to put in FEATURESCOPE_APP_PASSWORD_HASH.")
+    parser = argparse.ArgumentParser(
+        prog="python -m components.gate",
+        description="Print the hash to put in FEATURESCOPE_APP_PASSWORD_HASH.",
+    )
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     args = parser.parse_args(argv)
     password = getpass.getpass("Team password: ")

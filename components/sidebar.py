@@ -32,11 +32,11 @@ def render_backend_switch() -> None:
     if st.session_state.get("backend_kind") not in BACKENDS:
         st.session_state["backend_kind"] = s.backend
     kinds = list(BACKENDS)
-    kind = st.radio("Backend", kinds, index=kinds.index(st.session_state["backend_kind"]), key="backend_switch",
-                    format_func=BACKENDS.get, horizontal=True,
+    kind = st.radio("Backend", kinds, index=kinds.index(st.session_state["backend_kind"]),
+                    key="backend_switch", format_func=BACKENDS.get, horizontal=True,
                     disabled=not s.remote_url and st.session_state["backend_kind"] == "local",
-                    help="In-process: models run here, on this machine's GPU or CPU. Remote: on the Featurescope "
-                         "service at FEATURESCOPE_REMOTE_URL (Modal, RunPod, a team GPU server).")
+                    help="In-process: models run here, on this machine's GPU or CPU. Remote: on the "
+                         "Featurescope service at FEATURESCOPE_REMOTE_URL (Modal, RunPod, a GPU server).")
     st.session_state["backend_kind"] = kind
     if kind == "remote":
         st.caption(f"Remote service: `{s.remote_url}`" if s.remote_url else

@@ -1,6 +1,6 @@
 """Featurescope on Modal (app "featurescope"): the service on a GPU, and the sharded corpus build.
 
-    modal secret create featurescope HF_TOKEN=hf_… FEATURESCOPE_API_KEY=…   # the key: optional with proxy auth
+    modal secret create featurescope HF_TOKEN=hf_… FEATURESCOPE_API_KEY=…  # key optional with proxy auth
     modal deploy deploy/modal_app.py                                        # prints the service's URL
 
 - `service`: backend/service.py's FastAPI app as an ASGI app on one GPU (FEATURESCOPE_MODAL_GPU at
@@ -38,12 +38,14 @@ IGNORE = ["**/__pycache__", "**/*.pyc"]
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install_from_requirements(str(REPO / "requirements.txt"))
-    .env({
-        "HF_HOME": f"{DATA}/.huggingface",
-        "FEATURESCOPE_DATA_DIR": f"{DATA}/featurescope",
-        "FEATURESCOPE_MODAL_PROXY_AUTH": "1" if PROXY_AUTH else "0",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    })
+    .env(
+        {
+            "HF_HOME": f"{DATA}/.huggingface",
+            "FEATURESCOPE_DATA_DIR": f"{DATA}/featurescope",
+            "FEATURESCOPE_MODAL_PROXY_AUTH": "1" if PROXY_AUTH else "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+    )
     .add_local_dir(str(REPO / "backend"), "/root/backend", ignore=IGNORE)  # with catalog.yaml
 )
 if (REPO / "assets").is_dir():  # the demo pack, once it is in the repository
@@ -54,8 +56,9 @@ volume = modal.Volume.from_name("featurescope-data", create_if_missing=True)
 secret = modal.Secret.from_name("featurescope")
 
 
-@app.function(gpu=GPU, volumes={DATA: volume}, secrets=[secret], timeout=3600, scaledown_window=600,
-              max_containers=1)
+@app.function(
+    gpu=GPU, volumes={DATA: volume}, secrets=[secret], timeout=3600, scaledown_window=600, max_containers=1
+)
 @modal.concurrent(max_inputs=32)
 @modal.asgi_app(requires_proxy_auth=PROXY_AUTH)
 def service():
@@ -65,12 +68,16 @@ def service():
 
     settings = get_settings()
     if not PROXY_AUTH and service_key(settings) is None:
-        raise RuntimeError("Without Modal proxy auth the service needs FEATURESCOPE_API_KEY in the "
-                           "'featurescope' secret; refusing to serve an open endpoint.")
+        raise RuntimeError(
+            "Without Modal proxy auth the service needs FEATURESCOPE_API_KEY in the "
+            "'featurescope' secret; refusing to serve an open endpoint."
+        )
     return create_app(settings=settings)
 
 
-@app.function(gpu=GPU, volumes={DATA: volume}, secrets=[secret], timeout=3600, max_containers=SHARD_CONTAINERS)
+@app.function(
+    gpu=GPU, volumes={DATA: volume}, secrets=[secret], timeout=3600, max_containers=SHARD_CONTAINERS
+)
 def corpus_shard(spec: dict) -> bytes:
     """One shard of a corpus activation store, as bytes (see backend/corpus/shards.py)."""
     from backend.corpus.shards import build_shard_bytes

@@ -55,7 +55,9 @@ def route_for(payload: dict[str, Any]) -> str:
         return protocol_methods()[method].path
     kind = str(payload.get("request_type") or "graph")
     if kind not in REQUEST_TYPES:
-        raise ValueError(f"Unknown request_type '{kind}'. Use one of {', '.join(REQUEST_TYPES)}, or 'method'.")
+        raise ValueError(
+            f"Unknown request_type '{kind}'. Use one of {', '.join(REQUEST_TYPES)}, or 'method'."
+        )
     return REQUEST_TYPES[kind]
 
 
@@ -72,8 +74,11 @@ def make_handler(app: Any = None, api_key: str | None = None) -> Callable[[dict[
         payload = dict(job.get("input") or {})
         deadline = payload.get("deadline")
         if isinstance(deadline, (int, float)) and time.time() > deadline:
-            return _failure(f"The job waited past its deadline ({time.time() - deadline:.0f} s late).",
-                            "deadline_exceeded", 408)
+            return _failure(
+                f"The job waited past its deadline ({time.time() - deadline:.0f} s late).",
+                "deadline_exceeded",
+                408,
+            )
         try:
             path = route_for(payload)
         except ValueError as exc:
@@ -88,8 +93,9 @@ def make_handler(app: Any = None, api_key: str | None = None) -> Callable[[dict[
             state["key"] = settings.api_key.get_secret_value() if settings.api_key else None
         headers = {"X-Api-Key": state["key"]} if state["key"] else {}
         transport = httpx.ASGITransport(app=state["app"])
-        async with httpx.AsyncClient(transport=transport, base_url="http://runpod-worker", headers=headers,
-                                     timeout=None) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://runpod-worker", headers=headers, timeout=None
+        ) as client:
             if path in get_paths:
                 response = await client.get(path)
             else:
@@ -99,8 +105,11 @@ def make_handler(app: Any = None, api_key: str | None = None) -> Callable[[dict[
         except ValueError:
             answer = {"message": response.text[:300]}
         if response.status_code >= 400:
-            return _failure(str(answer.get("message") or answer), str(answer.get("error") or "error"),
-                            response.status_code)
+            return _failure(
+                str(answer.get("message") or answer),
+                str(answer.get("error") or "error"),
+                response.status_code,
+            )
         return answer
 
     return handler

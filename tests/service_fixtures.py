@@ -81,14 +81,31 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def service_process(env: dict[str, str], key: str, startup_timeout_s: float = 180) -> Iterator[ServiceProcess]:
+def service_process(
+    env: dict[str, str], key: str, startup_timeout_s: float = 180
+) -> Iterator[ServiceProcess]:
     """`python -m backend.service --host 127.0.0.1 --port N` in a subprocess, ready when uvicorn
     says it is running (read from its log, no polling)."""
     port = _free_port()
     full_env = {**os.environ, **env, "FEATURESCOPE_API_KEY": key, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "backend.service", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "info"], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backend.service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     server = ServiceProcess(url=f"http://127.0.0.1:{port}", key=key, proc=proc)
     ready = threading.Event()
 
@@ -123,22 +140,49 @@ class Received:
 
 
 @contextlib.contextmanager
-def https_receiver(tmp: Path, status: int = 200,
-                   on_request: Callable[[], bool | None] | None = None) -> Iterator[tuple[str, ssl.SSLContext, list]]:
+def https_receiver(
+    tmp: Path, status: int = 200, on_request: Callable[[], bool | None] | None = None
+) -> Iterator[tuple[str, ssl.SSLContext, list]]:
     """An HTTPS server on 127.0.0.1 with a self-signed certificate (made by Debian's openssl) that
     records each PUT; yields (base URL, a client SSL context trusting it, the received list)."""
     cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     received: list[Received] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_PUT(self) -> None:  # noqa: N802 (http.server's naming)
             n = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(n)
-            received.append(Received("PUT", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                     on_request() if on_request else None))
+            received.append(
+                Received(
+                    "PUT",
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    on_request() if on_request else None,
+                )
+            )
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -21,8 +21,15 @@ def gated(**secrets: str):
 
 
 def sees_only_the_gate(at) -> bool:
-    return (not at.exception and not at.sidebar.selectbox and not at.text_area and not at.get("bidi_component")
-            and not at.dataframe and at.title and at.title[0].value == "Featurescope")
+    return (
+        not at.exception
+        and not at.sidebar.selectbox
+        and not at.text_area
+        and not at.get("bidi_component")
+        and not at.dataframe
+        and at.title
+        and at.title[0].value == "Featurescope"
+    )
 
 
 def _get(url: str, key: str | None = None) -> str:
@@ -57,8 +64,9 @@ def test_pages_run_on_the_remote_service_when_it_is_chosen(remote_service, backe
     assert any(remote_service.url in c.value for c in at.sidebar.caption)
     remote_models = json.loads(_get(remote_service.url + "/models", remote_service.key))["models"]
     options = at.sidebar.selectbox(key="model").options
-    assert [o.split(" · ")[0].removesuffix(" (unavailable)") for o in options] == \
-        [m["display_name"] for m in remote_models]
+    assert [o.split(" · ")[0].removesuffix(" (unavailable)") for o in options] == [
+        m["display_name"] for m in remote_models
+    ]
 
     text = "Remote <b>tokens</b> too"
     at.text_area(key="hl_text").input(text)
@@ -105,7 +113,9 @@ def test_a_visitor_without_the_password_sees_only_the_gate(hf_cache):
 def test_password_hash_from_secrets_and_a_closed_gate_without_any(hf_cache):
     encoded = hash_password("s3cret", iterations=1000)
     assert verify_password("s3cret", encoded) and not verify_password("s3cre", encoded)
-    assert not verify_password("s3cret", encoded.replace("pbkdf2_sha256", "md5")) and not verify_password("x", "junk")
+    assert not verify_password("s3cret", encoded.replace("pbkdf2_sha256", "md5")) and not verify_password(
+        "x", "junk"
+    )
     at = gated(FEATURESCOPE_APP_AUTH="password", FEATURESCOPE_APP_PASSWORD_HASH=encoded).run()
     assert sees_only_the_gate(at)
     at.text_input(key="gate_password").input("s3cret")

@@ -65,9 +65,13 @@ def catalog_cases() -> list[Case]:
 
 @contract("estimate")
 def estimate_cases() -> list[Case]:
-    return [Case(EstimateRequest(model="gpt2-small", seq_len=256, sae_set="res-jb", sae_layers=[4, 8]), id="gpt2"),
-            Case(EstimateRequest(model="llama-3.1-8b", seq_len=4096, dtype="bfloat16"), id="llama"),
-            Case(EstimateRequest(model="nope"), NotFound, id="unknown-model")]
+    return [
+        Case(
+            EstimateRequest(model="gpt2-small", seq_len=256, sae_set="res-jb", sae_layers=[4, 8]), id="gpt2"
+        ),
+        Case(EstimateRequest(model="llama-3.1-8b", seq_len=4096, dtype="bfloat16"), id="llama"),
+        Case(EstimateRequest(model="nope"), NotFound, id="unknown-model"),
+    ]
 
 
 @contract("unload")
@@ -81,22 +85,44 @@ TEXT = "The tokamak <b>achieved</b> H-mode & more."
 @contract("analyze")
 def analyze_cases() -> list[Case]:
     return [
-        Case(AnalyzeRequest(model="demo", sae_set="res", text=TEXT, layers=[1], k=5,
-                            track=[LayerFeature(layer=1, index=3), LayerFeature(layer=0, index=7)]), id="demo-l1"),
-        Case(AnalyzeRequest(model="demo", sae_set="res", text=TEXT, k=3, include_explanations=False), id="demo-all"),
+        Case(
+            AnalyzeRequest(
+                model="demo",
+                sae_set="res",
+                text=TEXT,
+                layers=[1],
+                k=5,
+                track=[LayerFeature(layer=1, index=3), LayerFeature(layer=0, index=7)],
+            ),
+            id="demo-l1",
+        ),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text=TEXT, k=3, include_explanations=False),
+            id="demo-all",
+        ),
         Case(AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=TEXT, layers=[4, 8], k=4), id="gpt2"),
         Case(AnalyzeRequest(model="gpt2-small", sae_set="topk-l8", text=TEXT * 3, k=8), id="topk-windows"),
-        Case(AnalyzeRequest(model="demo", sae_set="res", text=TEXT, k=1000), LimitExceeded, id="k-over-limit"),
-        Case(AnalyzeRequest(model="demo", sae_set="res", text="token " * 1100), LimitExceeded, id="tokens-over"),
-        Case(AnalyzeRequest(model="demo", sae_set="res", text=TEXT, layers=[40]), NotFound, id="no-such-layer"),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text=TEXT, k=1000), LimitExceeded, id="k-over-limit"
+        ),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text="token " * 1100), LimitExceeded, id="tokens-over"
+        ),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text=TEXT, layers=[40]), NotFound, id="no-such-layer"
+        ),
         Case(AnalyzeRequest(model="nope", sae_set="res", text=TEXT), NotFound, id="unknown-model"),
     ]
 
 
 @contract("feature")
 def feature_cases() -> list[Case]:
-    return [Case(FeatureRequest(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=3), n_examples=5),
-                 id="demo-1-3")]
+    return [
+        Case(
+            FeatureRequest(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=3), n_examples=5),
+            id="demo-1-3",
+        )
+    ]
 
 
 @contract("search")
@@ -106,26 +132,59 @@ def search_cases() -> list[Case]:
 
 @contract("steer")
 def steer_cases() -> list[Case]:
-    return [Case(SteerRequest(model="demo", sae_set="res", prompt="The cat sat on the", n_tokens=4, top_k=3,
-                              features=[SteerFeature(layer=1, index=3, delta=4.0, steer_all_prompt_positions=True)]),
-                 id="demo-delta")]
+    return [
+        Case(
+            SteerRequest(
+                model="demo",
+                sae_set="res",
+                prompt="The cat sat on the",
+                n_tokens=4,
+                top_k=3,
+                features=[SteerFeature(layer=1, index=3, delta=4.0, steer_all_prompt_positions=True)],
+            ),
+            id="demo-delta",
+        )
+    ]
 
 
 @contract("attribute")
 def attribute_cases() -> list[Case]:
-    return [Case(GraphRequest(prompt="1 2 3", model="demo", transcoder_set="demo", batch_size=8,
-                              max_feature_nodes=64), id="demo")]
+    return [
+        Case(
+            GraphRequest(
+                prompt="1 2 3", model="demo", transcoder_set="demo", batch_size=8, max_feature_nodes=64
+            ),
+            id="demo",
+        )
+    ]
 
 
 @contract("compare")
 def compare_cases() -> list[Case]:
-    return [Case(CompareRequest(models=["demo", "gpt2-small"], sentences=["The tokamak achieved H-mode."],
-                                domain_terms=["tokamak", "H-mode"]), id="demo-gpt2")]
+    return [
+        Case(
+            CompareRequest(
+                models=["demo", "gpt2-small"],
+                sentences=["The tokamak achieved H-mode."],
+                domain_terms=["tokamak", "H-mode"],
+            ),
+            id="demo-gpt2",
+        )
+    ]
 
 
 # Figures that change from moment to moment or from process to process, not between backends.
-VOLATILE = {"elapsed_ms", "loaded", "memory_in_use_gb", "used_gb", "free_gb", "torch_reserved_gb", "available_gb",
-            "backend", "remote_url"}
+VOLATILE = {
+    "elapsed_ms",
+    "loaded",
+    "memory_in_use_gb",
+    "used_gb",
+    "free_gb",
+    "torch_reserved_gb",
+    "available_gb",
+    "backend",
+    "remote_url",
+}
 
 
 def _strip(value: Any) -> Any:
@@ -186,13 +245,26 @@ def test_remote_info_says_remote_and_where(remote, remote_service):
 def test_two_concurrent_clients_each_get_their_solo_result(backend, remote_service):
     """One client steers (or, while steering is not built, analyses with GPT-2) while another
     analyses with the demo model; both run four times at once through one service."""
-    steer = SteerRequest(model="demo", sae_set="res", prompt="The cat sat on the", n_tokens=4, top_k=3,
-                         features=[SteerFeature(layer=1, index=3, delta=4.0, steer_all_prompt_positions=True)])
+    steer = SteerRequest(
+        model="demo",
+        sae_set="res",
+        prompt="The cat sat on the",
+        n_tokens=4,
+        top_k=3,
+        features=[SteerFeature(layer=1, index=3, delta=4.0, steer_all_prompt_positions=True)],
+    )
     first: tuple[str, BaseModel] = ("steer", steer)
     if isinstance(outcome(backend, "steer", steer), NotImplementedYet):
-        first = ("analyze", AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=TEXT * 4, layers=[2, 9], k=6))
-    second = ("analyze", AnalyzeRequest(model="demo", sae_set="res", text=TEXT[::-1] * 3, k=4,
-                                        track=[LayerFeature(layer=0, index=5)]))
+        first = (
+            "analyze",
+            AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=TEXT * 4, layers=[2, 9], k=6),
+        )
+    second = (
+        "analyze",
+        AnalyzeRequest(
+            model="demo", sae_set="res", text=TEXT[::-1] * 3, k=4, track=[LayerFeature(layer=0, index=5)]
+        ),
+    )
     jobs = [first, second]
     solo = [normalise(outcome(backend, m, r)) for m, r in jobs]
     assert all(s[0] != "NotImplementedYet" and not isinstance(s[1], str) for s in solo)

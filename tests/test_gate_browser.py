@@ -1,6 +1,6 @@
-"""The password gate (and its Lock button) in the real app, in headless Chromium, on a fresh server whose first visitor
-asks for /system directly: Streamlit then runs pages/system.py without app.py, so the gate must hold
-there too (components.state.require_access)."""
+"""The password gate (and its Lock button) in the real app, in headless Chromium, on a fresh
+server whose first visitor asks for /system directly: Streamlit then runs pages/system.py without
+app.py, so the gate must hold there too (components.state.require_access)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,33 @@ PASSWORD = "plasma-2024"
 @pytest.fixture(scope="module")
 def gated_server(hf_cache):
     port = free_port()
-    env = {**os.environ, "FEATURESCOPE_APP_AUTH": "password", "FEATURESCOPE_APP_PASSWORD": PASSWORD,
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "FEATURESCOPE_APP_AUTH": "password",
+        "FEATURESCOPE_APP_PASSWORD": PASSWORD,
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ready = threading.Event()
     lines: list[str] = []
 
@@ -60,7 +81,9 @@ def test_first_visitor_to_a_page_url_meets_the_gate(gated_server, browser, outpu
     assert "Memory used" not in page.locator("body").inner_text()
     page.get_by_label("Team password").fill(PASSWORD)
     page.get_by_role("button", name="Enter").click()
-    page.get_by_role("button", name="Analyse").wait_for(timeout=120_000)  # in: the app opens on its first page
+    page.get_by_role("button", name="Analyse").wait_for(
+        timeout=120_000
+    )  # in: the app opens on its first page
     page.get_by_role("button", name="Lock").click()
     page.get_by_label("Team password").wait_for(timeout=60_000)
     assert "Analyse" not in page.locator("body").inner_text()

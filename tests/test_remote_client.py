@@ -102,11 +102,20 @@ def test_errors_from_the_service_are_rebuilt_and_others_say_what_happened():
     limit = LimitExceeded("k", 500, 100, "Ask for fewer.")
     cases = [
         (httpx.Response(413, json=limit.to_wire()), LimitExceeded, "k is 500; the limit is 100"),
-        (httpx.Response(401, json={"error": "unauthorized", "message": "x"}), Unauthorized, "needs an API key"),
+        (
+            httpx.Response(401, json={"error": "unauthorized", "message": "x"}),
+            Unauthorized,
+            "needs an API key",
+        ),
         (httpx.Response(403, text="Forbidden"), Unauthorized, "refused the API key"),
         (httpx.Response(404, json={"detail": "Not Found"}), NotImplementedYet, "not a Featurescope service"),
-        (httpx.Response(404, json={"error": "not_found", "message": "no route", "details": {"route": "/api/x"}}),
-         NotImplementedYet, "older version"),
+        (
+            httpx.Response(
+                404, json={"error": "not_found", "message": "no route", "details": {"route": "/api/x"}}
+            ),
+            NotImplementedYet,
+            "older version",
+        ),
         (httpx.Response(500, text="<html>Internal Server Error</html>"), RemoteUnavailable, "HTTP 500"),
     ]
     for response, cls, words in cases:
@@ -118,15 +127,21 @@ def test_errors_from_the_service_are_rebuilt_and_others_say_what_happened():
 
 
 def test_a_gateway_error_page_is_retried_then_reported(backend):
-    transport, seen = scripted(httpx.Response(502, text="Bad gateway"), httpx.Response(200, json=catalog_json(backend)))
+    transport, seen = scripted(
+        httpx.Response(502, text="Bad gateway"), httpx.Response(200, json=catalog_json(backend))
+    )
     remote = RemoteBackend("http://svc", retries=1, backoff_s=0, transport=transport)
     assert remote.catalog().default_model == "demo" and len(seen) == 2
 
 
 def test_extra_headers_for_modal_proxy_auth_are_sent_and_urls_are_checked(backend):
     transport, seen = scripted(httpx.Response(200, json=catalog_json(backend)))
-    remote = RemoteBackend("https://ws--featurescope.modal.run/", "k", transport=transport,
-                           headers={"Modal-Key": "wk-1", "Modal-Secret": "ws-2"})
+    remote = RemoteBackend(
+        "https://ws--featurescope.modal.run/",
+        "k",
+        transport=transport,
+        headers={"Modal-Key": "wk-1", "Modal-Secret": "ws-2"},
+    )
     remote.catalog()
     assert seen[0].headers["modal-key"] == "wk-1" and seen[0].headers["modal-secret"] == "ws-2"
     assert str(seen[0].url) == "https://ws--featurescope.modal.run/api/catalog"

@@ -68,7 +68,9 @@ def test_every_protected_route_refuses_missing_and_wrong_keys_without_touching_t
     assert client.get("/health").status_code == 200 and client.get("/docs").status_code == 200
 
 
-def asgi_call(app, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, dict, int]:
+def asgi_call(
+    app, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[int, dict, int]:
     """Call the ASGI app directly; returns (status, JSON body, how many times it read the body)."""
     reads = 0
     sent: list[dict] = []
@@ -84,9 +86,20 @@ def asgi_call(app, path: str, headers: list[tuple[bytes, bytes]], chunks: list[b
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
     anyio.run(app, scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -98,15 +111,21 @@ def test_key_and_body_size_are_decided_before_the_body_is_read(backend):
     big = json.dumps({"model": "demo", "sae_set": "res", "text": "x" * 10_000}).encode()
     status, _, reads = asgi_call(app, "/api/analyze", [(b"content-length", str(len(big)).encode())], [big])
     assert (status, reads) == (401, 0)
-    status, _, reads = asgi_call(app, "/api/analyze", [(b"x-api-key", b"nope"), (b"content-length", b"5")], [b"{}"])
+    status, _, reads = asgi_call(
+        app, "/api/analyze", [(b"x-api-key", b"nope"), (b"content-length", b"5")], [b"{}"]
+    )
     assert (status, reads) == (403, 0)
-    status, body, reads = asgi_call(app, "/api/analyze", [(b"x-api-key", KEY.encode()),
-                                                          (b"content-length", str(len(big)).encode())], [big])
+    status, body, reads = asgi_call(
+        app,
+        "/api/analyze",
+        [(b"x-api-key", KEY.encode()), (b"content-length", str(len(big)).encode())],
+        [big],
+    )
     assert (status, reads) == (413, 0)
     assert body["error"] == "limit_exceeded" and "FEATURESCOPE_MAX_BODY_BYTES" in body["message"]
     assert f"{len(big):,}" in body["message"] and "4,096" in body["message"]
     # Without a Content-Length the body is read only until it passes the limit.
-    chunks = [big[i:i + 1000] for i in range(0, len(big), 1000)]
+    chunks = [big[i : i + 1000] for i in range(0, len(big), 1000)]
     status, body, reads = asgi_call(app, "/api/analyze", [(b"x-api-key", KEY.encode())], chunks)
     assert status == 413 and reads == 5 < len(chunks)
     assert spy.calls == []
@@ -114,23 +133,56 @@ def test_key_and_body_size_are_decided_before_the_body_is_read(backend):
 
 # ------------------------------------------------------------------------------------------- the limits
 LIMIT_CASES = [
-    ("/api/analyze", {"model": "demo", "sae_set": "res", "text": "x" * 20_001}, "The text length (characters)"),
+    (
+        "/api/analyze",
+        {"model": "demo", "sae_set": "res", "text": "x" * 20_001},
+        "The text length (characters)",
+    ),
     ("/features/topk", {"model_id": "demo", "text": "word " * 5000}, "The text length (characters)"),
     ("/api/analyze", {"model": "demo", "sae_set": "res", "text": TEXT, "k": 101}, "k is 101"),
-    ("/api/analyze", {"model": "demo", "sae_set": "res", "text": TEXT,
-                      "track": [{"layer": 0, "index": i} for i in range(65)]}, "tracked features"),
+    (
+        "/api/analyze",
+        {
+            "model": "demo",
+            "sae_set": "res",
+            "text": TEXT,
+            "track": [{"layer": 0, "index": i} for i in range(65)],
+        },
+        "tracked features",
+    ),
     ("/steer", {"model_id": "demo", "prompt": TEXT, "n_tokens": 257}, "FEATURESCOPE_MAX_NEW_TOKENS"),
-    ("/api/steer", {"model": "demo", "sae_set": "res", "prompt": "p" * 20_001}, "FEATURESCOPE_MAX_TEXT_CHARS"),
-    ("/api/steer", {"model": "demo", "sae_set": "res", "prompt": TEXT,
-                    "features": [{"layer": 0, "index": i, "ablate": True} for i in range(33)]},
-     "FEATURESCOPE_MAX_STEER_FEATURES"),
-    ("/generate-graph", {"model_id": "demo", "prompt": TEXT, "max_feature_nodes": 10_001},
-     "FEATURESCOPE_MAX_FEATURE_NODES"),
-    ("/generate-graph", {"model_id": "demo", "prompt": TEXT, "batch_size": 257}, "FEATURESCOPE_MAX_BATCH_SIZE"),
+    (
+        "/api/steer",
+        {"model": "demo", "sae_set": "res", "prompt": "p" * 20_001},
+        "FEATURESCOPE_MAX_TEXT_CHARS",
+    ),
+    (
+        "/api/steer",
+        {
+            "model": "demo",
+            "sae_set": "res",
+            "prompt": TEXT,
+            "features": [{"layer": 0, "index": i, "ablate": True} for i in range(33)],
+        },
+        "FEATURESCOPE_MAX_STEER_FEATURES",
+    ),
+    (
+        "/generate-graph",
+        {"model_id": "demo", "prompt": TEXT, "max_feature_nodes": 10_001},
+        "FEATURESCOPE_MAX_FEATURE_NODES",
+    ),
+    (
+        "/generate-graph",
+        {"model_id": "demo", "prompt": TEXT, "batch_size": 257},
+        "FEATURESCOPE_MAX_BATCH_SIZE",
+    ),
     ("/compare", {"models": ["demo"] * 5, "sentences": [TEXT]}, "FEATURESCOPE_MAX_COMPARE_MODELS"),
     ("/compare", {"models": ["demo"], "sentences": [TEXT] * 33}, "FEATURESCOPE_MAX_COMPARE_SENTENCES"),
-    ("/api/feature", {"feature": {"model": "demo", "sae_set": "res", "layer": 0, "index": 1}, "n_examples": 201},
-     "FEATURESCOPE_MAX_EXAMPLES"),
+    (
+        "/api/feature",
+        {"feature": {"model": "demo", "sae_set": "res", "layer": 0, "index": 1}, "n_examples": 201},
+        "FEATURESCOPE_MAX_EXAMPLES",
+    ),
 ]
 
 
@@ -149,14 +201,23 @@ def test_each_limit_is_refused_before_any_work_with_a_message_naming_it(backend,
 def test_token_limit_comes_from_the_backend_and_malformed_requests_name_the_field(backend):
     app, _ = make(backend)
     client = TestClient(app)
-    over = client.post("/api/analyze", json={"model": "demo", "sae_set": "res", "text": "token " * 1100},
-                       headers={"X-Api-Key": KEY})
+    over = client.post(
+        "/api/analyze",
+        json={"model": "demo", "sae_set": "res", "text": "token " * 1100},
+        headers={"X-Api-Key": KEY},
+    )
     assert over.status_code == 413 and "The text (tokens)" in over.json()["message"]
-    bad = client.post("/api/analyze", json={"model": "demo", "sae_set": "res", "text": TEXT, "k": 0},
-                      headers={"X-Api-Key": KEY})
-    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "k:" in bad.json()["message"]
-    junk = client.post("/api/analyze", content=b"{not json", headers={"X-Api-Key": KEY,
-                                                                     "Content-Type": "application/json"})
+    bad = client.post(
+        "/api/analyze",
+        json={"model": "demo", "sae_set": "res", "text": TEXT, "k": 0},
+        headers={"X-Api-Key": KEY},
+    )
+    assert (
+        bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "k:" in bad.json()["message"]
+    )
+    junk = client.post(
+        "/api/analyze", content=b"{not json", headers={"X-Api-Key": KEY, "Content-Type": "application/json"}
+    )
     assert junk.status_code == 422 and junk.json()["error"] == "invalid_request"
 
 
@@ -171,7 +232,10 @@ def test_a_request_waiting_too_long_for_the_gpu_gets_503_busy_and_the_next_one_w
 
     app, spy = make(backend, limits=Limits(lock_timeout_s=0.05), analyze=slow_analyze)
     req = {"model": "demo", "sae_set": "res", "text": TEXT, "k": 3}
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"X-Api-Key": KEY}, timeout=60) as client:
+    with (
+        serve_in_thread(app) as url,
+        httpx.Client(base_url=url, headers={"X-Api-Key": KEY}, timeout=60) as client,
+    ):
         holder: dict = {}
         first = threading.Thread(target=lambda: holder.update(r=client.post("/api/analyze", json=req)))
         first.start()
@@ -216,15 +280,19 @@ def test_an_unexpected_exception_is_a_500_without_a_traceback(backend):
         raise KeyError("secret internal detail")
 
     app, _ = make(backend, analyze=broken)
-    r = TestClient(app).post("/api/analyze", json={"model": "demo", "sae_set": "res", "text": TEXT},
-                             headers={"X-Api-Key": KEY})
+    r = TestClient(app).post(
+        "/api/analyze", json={"model": "demo", "sae_set": "res", "text": TEXT}, headers={"X-Api-Key": KEY}
+    )
     assert r.status_code == 500 and "KeyError" in r.json()["message"]
     assert "secret internal detail" not in r.text and "Traceback" not in r.text
 
 
 # ------------------------------------------------------------------------------------------ signed URL
-GRAPH = {"metadata": {"slug": "count-1-2", "prompt_tokens": ["1", " 2"]}, "nodes": [{"node_id": "0_1_1"}] * 3,
-         "links": [{"source": "0_1_1", "target": "0_1_1", "weight": 0.5}]}
+GRAPH = {
+    "metadata": {"slug": "count-1-2", "prompt_tokens": ["1", " 2"]},
+    "nodes": [{"node_id": "0_1_1"}] * 3,
+    "links": [{"source": "0_1_1", "target": "0_1_1", "weight": 0.5}],
+}
 
 
 def fake_attribute(req, progress=None):
@@ -238,9 +306,17 @@ def test_generate_graph_uploads_to_an_https_signed_url_outside_the_gpu_lock(back
         app, spy = make(backend, attribute=fake_attribute, uploader=Uploader(30, verify=ctx))
         state["service"] = app.app.state.service
         signed = f"{base}/bucket/count-1-2.json?X-Amz-Signature=s3cr3t&X-Amz-Expires=60"
-        r = TestClient(app).post("/generate-graph", headers={"x-secret-key": KEY}, json={
-            "prompt": "1 2 ", "model_id": "demo", "slug_identifier": "count-1-2", "signed_url": signed,
-            "compress": compress})
+        r = TestClient(app).post(
+            "/generate-graph",
+            headers={"x-secret-key": KEY},
+            json={
+                "prompt": "1 2 ",
+                "model_id": "demo",
+                "slug_identifier": "count-1-2",
+                "signed_url": signed,
+                "compress": compress,
+            },
+        )
     assert r.status_code == 200, r.text
     receipt = UploadReceipt.model_validate(r.json())
     (put,) = received
@@ -258,22 +334,36 @@ def test_signed_url_must_be_https_and_a_refused_upload_is_a_502(backend, tmp_pat
     app, spy = make(backend, attribute=fake_attribute)
     client = TestClient(app)
     for url in ("http://127.0.0.1:9/x.json", "file:///etc/passwd", "not a url"):
-        r = client.post("/generate-graph", headers={"X-Api-Key": KEY},
-                        json={"prompt": "1 2", "model_id": "demo", "signed_url": url})
+        r = client.post(
+            "/generate-graph",
+            headers={"X-Api-Key": KEY},
+            json={"prompt": "1 2", "model_id": "demo", "signed_url": url},
+        )
         assert r.status_code == 422 and "https://" in r.json()["message"], url
     assert "attribute" not in spy.calls
     with https_receiver(tmp_path, status=403) as (base, ctx, received):
         app, _ = make(backend, attribute=fake_attribute, uploader=Uploader(30, verify=ctx))
-        r = TestClient(app).post("/api/attribute", headers={"X-Api-Key": KEY}, json={
-            "prompt": "1 2", "model": "demo", "transcoder_set": "demo", "signed_url": f"{base}/g.json?sig=1"})
+        r = TestClient(app).post(
+            "/api/attribute",
+            headers={"X-Api-Key": KEY},
+            json={
+                "prompt": "1 2",
+                "model": "demo",
+                "transcoder_set": "demo",
+                "signed_url": f"{base}/g.json?sig=1",
+            },
+        )
     assert r.status_code == 502 and r.json()["error"] == "upload_failed" and "403" in r.json()["message"]
     assert len(received) == 1
 
 
 def test_generate_graph_without_signed_url_answers_the_graph_json_itself(backend):
     app, _ = make(backend, attribute=fake_attribute)
-    r = TestClient(app).post("/generate-graph", headers={"X-Api-Key": KEY},
-                             json={"prompt": "1 2", "model_id": "demo", "slug_identifier": "s"})
+    r = TestClient(app).post(
+        "/generate-graph",
+        headers={"X-Api-Key": KEY},
+        json={"prompt": "1 2", "model_id": "demo", "slug_identifier": "s"},
+    )
     assert r.status_code == 200 and r.json() == GRAPH
 
 
@@ -281,18 +371,33 @@ def test_generate_graph_without_signed_url_answers_the_graph_json_itself(backend
 def test_features_topk_is_analyze_under_the_seed_field_names(backend):
     app, _ = make(backend)
     client = TestClient(app)
-    r = client.post("/features/topk", headers={"X-Api-Key": KEY}, json={
-        "model_id": "someorg/GPT2-Small", "text": TEXT, "layer": 4, "k": 3, "include_descriptions": False})
+    r = client.post(
+        "/features/topk",
+        headers={"X-Api-Key": KEY},
+        json={
+            "model_id": "someorg/GPT2-Small",
+            "text": TEXT,
+            "layer": 4,
+            "k": 3,
+            "include_descriptions": False,
+        },
+    )
     assert r.status_code == 200, r.text
-    want = backend.analyze(AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=TEXT, layers=[4], k=3,
-                                          include_explanations=False))
+    want = backend.analyze(
+        AnalyzeRequest(
+            model="gpt2-small", sae_set="res-jb", text=TEXT, layers=[4], k=3, include_explanations=False
+        )
+    )
     assert strip(r.json()) == strip(want.model_dump(mode="json"))
     every = client.post("/features/topk", headers={"X-Api-Key": KEY}, json={"model_id": "demo", "text": TEXT})
-    assert [lt["layer"] for lt in every.json()["layers"]] == [lt.layer for lt in backend.analyze(
-        AnalyzeRequest(model="demo", sae_set="res", text=TEXT)).layers]
+    assert [lt["layer"] for lt in every.json()["layers"]] == [
+        lt.layer for lt in backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=TEXT)).layers
+    ]
     models = client.get("/models", headers={"X-Api-Key": KEY}).json()
     assert [m["id"] for m in models["models"]] == [m.id for m in backend.catalog().models]
-    unknown = client.post("/features/topk", headers={"X-Api-Key": KEY}, json={"model_id": "gpt5", "text": "x"})
+    unknown = client.post(
+        "/features/topk", headers={"X-Api-Key": KEY}, json={"model_id": "gpt5", "text": "x"}
+    )
     assert unknown.status_code == 404 and "gpt2-small" in unknown.json()["message"]
 
 
@@ -303,21 +408,53 @@ def test_steer_and_generate_graph_take_the_seed_fields_and_fill_in_the_set(backe
         def method(req, progress=None):
             seen[name] = req
             return getattr(backend, name)(req, progress)
+
         return method
 
     app, _ = make(backend, steer=record("steer"), attribute=record("attribute"))
     client = TestClient(app)
-    client.post("/steer", headers={"X-Api-Key": KEY}, json={
-        "model_id": "demo", "prompt": "Fait: Michael Jordan joue au", "n_tokens": 3, "top_k": 2,
-        "features": [{"layer": 1, "index": 5, "token_active_position": 2, "steer_position": 2, "ablate": True},
-                     {"layer": 1, "index": 7, "steer_generated_tokens": True, "delta": 350}]})
-    client.post("/generate-graph", headers={"X-Api-Key": KEY}, json={
-        "prompt": "1 2 ", "model_id": "demo", "batch_size": 4, "max_n_logits": 5, "desired_logit_prob": 0.9,
-        "node_threshold": 0.8, "edge_threshold": 0.85, "slug_identifier": "count", "max_feature_nodes": 100})
+    client.post(
+        "/steer",
+        headers={"X-Api-Key": KEY},
+        json={
+            "model_id": "demo",
+            "prompt": "Fait: Michael Jordan joue au",
+            "n_tokens": 3,
+            "top_k": 2,
+            "features": [
+                {"layer": 1, "index": 5, "token_active_position": 2, "steer_position": 2, "ablate": True},
+                {"layer": 1, "index": 7, "steer_generated_tokens": True, "delta": 350},
+            ],
+        },
+    )
+    client.post(
+        "/generate-graph",
+        headers={"X-Api-Key": KEY},
+        json={
+            "prompt": "1 2 ",
+            "model_id": "demo",
+            "batch_size": 4,
+            "max_n_logits": 5,
+            "desired_logit_prob": 0.9,
+            "node_threshold": 0.8,
+            "edge_threshold": 0.85,
+            "slug_identifier": "count",
+            "max_feature_nodes": 100,
+        },
+    )
     steer, graph = seen["steer"], seen["attribute"]
     assert (steer.model, steer.sae_set, steer.n_tokens, steer.top_k) == ("demo", "res", 3, 2)
-    assert steer.features[0].ablate and steer.features[1].delta == 350 and steer.features[1].steer_generated_tokens
-    assert (graph.model, graph.transcoder_set, graph.batch_size, graph.max_feature_nodes) == ("demo", "demo", 4, 100)
+    assert (
+        steer.features[0].ablate
+        and steer.features[1].delta == 350
+        and steer.features[1].steer_generated_tokens
+    )
+    assert (graph.model, graph.transcoder_set, graph.batch_size, graph.max_feature_nodes) == (
+        "demo",
+        "demo",
+        4,
+        100,
+    )
     assert graph.slug_identifier == "count" and graph.desired_logit_prob == 0.9
 
 
@@ -339,4 +476,3 @@ def test_websockets_are_refused(backend):
     with pytest.raises(WebSocketDisconnect):
         with TestClient(app).websocket_connect("/api/info", headers={"X-Api-Key": KEY}):
             pass
-

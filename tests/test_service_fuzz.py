@@ -36,7 +36,9 @@ class NoUpload:
         from backend.schemas.service import UploadReceipt
 
         self.urls.append(url)
-        return UploadReceipt(success="recorded", slug="", n_nodes=0, n_edges=0, bytes=0, compressed=compress, url="")
+        return UploadReceipt(
+            success="recorded", slug="", n_nodes=0, n_edges=0, bytes=0, compressed=compress, url=""
+        )
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +56,28 @@ def test_generated_requests_get_no_undocumented_5xx(fuzz_app):
     assert len(operations) >= 16
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
             @given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION_AND_MODE, deadline=None, database=None,
-                                 derandomize=True, suppress_health_check=list(HealthCheck), phases=[
-                                     hypothesis.Phase.explicit, hypothesis.Phase.generate])
+            @hypothesis.settings(
+                max_examples=EXAMPLES_PER_OPERATION_AND_MODE,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+                phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+            )
             def check(case):
                 nonlocal sent
                 response = case.call(headers={"X-Api-Key": KEY})
                 sent += 1
                 statuses[response.status_code] += 1
-                assert response.status_code < 500 or response.status_code in ALLOWED_5XX, \
+                assert response.status_code < 500 or response.status_code in ALLOWED_5XX, (
                     f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}"
+                )
                 if mode is GenerationMode.POSITIVE:
-                    case.validate_response(response, checks=[status_code_conformance, response_schema_conformance])
+                    case.validate_response(
+                        response, checks=[status_code_conformance, response_schema_conformance]
+                    )
 
             try:
                 check()
@@ -76,4 +87,6 @@ def test_generated_requests_get_no_undocumented_5xx(fuzz_app):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     print(f"schemathesis: {sent} requests, statuses {dict(sorted(statuses.items()))}")
     assert sent >= 500
-    assert statuses[422] > 0 and any(200 <= s < 300 for s in statuses), "both valid and malformed requests were sent"
+    assert statuses[422] > 0 and any(200 <= s < 300 for s in statuses), (
+        "both valid and malformed requests were sent"
+    )

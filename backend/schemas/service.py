@@ -20,7 +20,9 @@ from backend.schemas.common import Request, Result
 class ErrorBody(Result):
     """Every error answer of the service (`BackendError.to_wire()`)."""
 
-    error: str = Field(description="Stable kind: limit_exceeded, busy, unauthorized, not_found, invalid_request, …")
+    error: str = Field(
+        description="Stable kind: limit_exceeded, busy, unauthorized, not_found, invalid_request, …"
+    )
     message: str = Field(description="What happened and what to do next.")
     retryable: bool = False
     details: dict[str, Any] = Field(default_factory=dict)
