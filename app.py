@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from components import state
+from components import gate, state
 from components.sidebar import render_sidebar
 
 st.set_page_config(page_title="Featurescope", page_icon=":material/biotech:", layout="wide")
+
+settings = state.settings()
+if not gate.allowed(settings):  # a visitor without access gets the sign-in page and nothing else
+    st.navigation([st.Page(gate.render_gate, title="Sign in", url_path="sign-in")], position="hidden").run()
+    st.stop()
 
 PAGES = {
     "highlighter": st.Page("pages/highlighter.py", title="Text highlighter", icon=":material/format_color_text:",
@@ -26,4 +31,6 @@ navigation = st.navigation({
 })
 st.session_state["url_before_sidebar"] = st.query_params.to_dict()  # the sidebar rewrites model/sae_set
 st.session_state["selection"] = render_sidebar()
+with st.sidebar:
+    gate.render_account(settings)
 navigation.run()

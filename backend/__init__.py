@@ -29,7 +29,7 @@ def get_backend(settings: Settings | None = None) -> Backend:
 
             raise InvalidRequest("FEATURESCOPE_BACKEND=remote needs FEATURESCOPE_REMOTE_URL.")
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        return RemoteBackend(settings.remote_url, key)
+        return RemoteBackend(settings.remote_url, key, settings=settings)
     from backend.local import LocalBackend
 
     return LocalBackend(settings)

@@ -117,6 +117,14 @@ class RemoteUnavailable(BackendError):
     retryable = True
 
 
+class UploadFailed(BackendError):
+    """A result could not be delivered to the URL the request named (e.g. a signed_url)."""
+
+    kind = "upload_failed"
+    status = 502
+    retryable = True
+
+
 _BY_KIND: dict[str, type[BackendError]] = {
     cls.kind: cls
     for cls in (
@@ -131,6 +139,7 @@ _BY_KIND: dict[str, type[BackendError]] = {
         OutOfMemory,
         Unauthorized,
         RemoteUnavailable,
+        UploadFailed,
     )
 }
 

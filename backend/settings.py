@@ -67,6 +67,27 @@ class Settings(BaseSettings):
 
     limits: Limits = Field(default_factory=Limits)
 
+    # The remote backend's HTTP client (backend/remote.py).
+    remote_timeout_s: float = Field(900.0, gt=0,
+                                    description="Longest wait for a remote answer (graphs: minutes).")
+    remote_connect_timeout_s: float = Field(10.0, gt=0, description="Wait for a connection to the remote.")
+    remote_retries: int = Field(2, ge=0, le=10,
+                                description="Retries of read-only calls when unreachable or busy.")
+    remote_headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Extra headers as JSON, e.g. {"Modal-Key": "wk-…", "Modal-Secret": "ws-…"}.',
+    )
+    # The HTTP service (backend/service.py).
+    upload_timeout_s: float = Field(300.0, gt=0, description="Upload of a graph to a signed_url.")
+    # Who may open the app (components/gate.py): anyone ("none"), a shared password, or OIDC (st.login).
+    app_auth: Literal["none", "password", "oidc"] = "none"
+    app_password: SecretStr | None = Field(None, description="The shared password (hashed in memory).")
+    app_password_hash: SecretStr | None = Field(
+        None, description="Or its hash from `python -m components.gate`: pbkdf2_sha256$iterations$salt$hash."
+    )
+    app_oidc_provider: str | None = Field(None, description="The [auth.NAME] of secrets.toml; None: [auth].")
+    app_allowed_emails: str = Field("", description="OIDC: comma-separated emails or @domains; empty: any.")
+
     def store_dir(self) -> Path:
         return self.data_dir / "stores"
 

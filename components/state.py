@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import streamlit as st
+from pydantic import SecretStr
 
 from backend import get_backend
 from backend.errors import BackendError, LimitExceeded, NotImplementedYet
@@ -19,6 +20,34 @@ from backend.schemas import CatalogResult, ModelInfo
 from backend.settings import Settings, get_settings
 
 T = TypeVar("T")
+
+
+def _navigation_only() -> None:
+    """Streamlit runs a `pages/*.py` file on its own, without app.py (so without the sign-in gate and
+    the sidebar), while no session has called st.navigation yet, e.g. for a visitor whose first
+    request is /system on a fresh server. Leave that mode now; `require_access` covers this run."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
+    except (ImportError, AttributeError):  # a Streamlit without it has no such mode
+        pass
+
+
+_navigation_only()
+
+
+def require_access() -> None:
+    """Stop the run at the sign-in page unless this session may see the app. app.py checks first;
+    this catches a page that Streamlit ran without app.py."""
+    from components import gate
+
+    if not gate.allowed(settings()):
+        if not st.session_state.get("gate_rerun"):  # once: the rerun goes through app.py and its gate
+            st.session_state["gate_rerun"] = True
+            st.rerun()
+        gate.render_gate()
+        st.stop()
 
 
 def _secrets() -> dict[str, Any]:
@@ -44,16 +73,18 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner="Starting the backend…")
 def _cached_backend(kind: str, remote_url: str | None, api_key: str | None) -> Backend:
     s = settings().model_copy(update={"backend": kind, "remote_url": remote_url,
-                                      "api_key": api_key})
+                                      "api_key": SecretStr(api_key) if api_key else None})
     return get_backend(s)
 
 
 def backend() -> Backend:
+    """The backend this session chose in the sidebar (`backend_kind`). The remote URL and key come
+    only from settings, secrets or the environment: a visitor cannot point the server elsewhere."""
+    require_access()
     s = settings()
     kind = st.session_state.get("backend_kind", s.backend)
-    url = st.session_state.get("remote_url", s.remote_url)
     key = s.api_key.get_secret_value() if s.api_key else None
-    return _cached_backend(kind, url, st.session_state.get("remote_key", key))
+    return _cached_backend(kind, s.remote_url, key)
 
 
 def show_error(exc: BackendError) -> None:
@@ -97,6 +128,7 @@ def _catalog(kind: str) -> CatalogResult:
 
 
 def catalog() -> CatalogResult | None:
+    require_access()
     try:
         return _catalog(st.session_state.get("backend_kind", settings().backend))
     except BackendError as exc:
@@ -135,4 +167,5 @@ def page(name: str) -> Any | None:
 
 def selection() -> Any | None:
     """The sidebar's current choice (components.sidebar.Selection), set by app.py each run."""
+    require_access()
     return st.session_state.get("selection")

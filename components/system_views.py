@@ -8,10 +8,29 @@ import pandas as pd
 import streamlit as st
 
 from backend.schemas import InfoResult, MemoryEstimate, ModelInfo
+from backend.schemas.service import HealthResult
 
 
 def _gb(value: float | None) -> str:
     return "—" if value is None else f"{value:,.2f} GB"
+
+
+def render_backend(kind: str, remote_url: str | None, health: HealthResult | None) -> None:
+    """Which backend this session uses; for a remote one, its /health."""
+    if kind == "local":
+        st.caption("Backend: **in-process** — models run in this app's process, on the device below.")
+        return
+    st.subheader("Remote backend")
+    st.caption(f"Backend: **remote** — `{remote_url}`")
+    if health is None:
+        return
+    cols = st.columns(4)
+    cols[0].metric("Remote status", health.status)
+    cols[1].metric("Remote device", (health.device or "?").upper(), help=health.device_name)
+    cols[2].metric("Remote GPU busy", "yes" if health.busy else "no")
+    cols[3].metric("Remote models loaded", len(health.loaded), help=", ".join(health.loaded) or None)
+    st.caption(f"Service version {health.version} · key required: {'yes' if health.auth else 'no'}"
+               + (f" · {health.message}" if health.message else ""))
 
 
 def render_device(info: InfoResult) -> None:

@@ -10,6 +10,7 @@ from components.system_views import (
     diagnostics_text,
     estimates_frame,
     loaded_frame,
+    render_backend,
     render_device,
     render_estimate,
 )
@@ -17,7 +18,12 @@ from components.system_views import (
 
 def main() -> None:
     st.title("System")
-    backend = state.backend()
+    backend = state.call(state.backend)
+    if backend is None:
+        return
+    s = state.settings()
+    health = state.call(backend.health) if backend.kind == "remote" else None
+    render_backend(backend.kind, s.remote_url, health)
     info = state.call(backend.info)
     if info is None:
         return

@@ -82,3 +82,17 @@ def backend(hf_cache: Path, topk_catalog: Path):
 def output_dir() -> Path:
     OUTPUT.mkdir(exist_ok=True)
     return OUTPUT
+
+
+@pytest.fixture(scope="session")
+def remote_service(backend, topk_catalog: Path):
+    """`python -m backend.service` on 127.0.0.1 in a subprocess, with the same catalog, HF cache and
+    data dir as the `backend` fixture (whose demo pack it reuses), and a random API key."""
+    import secrets
+
+    from tests.service_fixtures import service_process
+
+    backend.pack()  # build the tiny demo pack here first, so both processes read the same one
+    env = {"FEATURESCOPE_CATALOG_PATH": str(topk_catalog)}
+    with service_process(env, key=secrets.token_urlsafe(24)) as server:
+        yield server

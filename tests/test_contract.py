@@ -1,0 +1,285 @@
+"""The contract: LocalBackend and RemoteBackend (over HTTP to `python -m backend.service` on
+127.0.0.1, started by the `remote_service` fixture) give identical results and identical errors.
+
+Each protocol method has one small fixture below (`@contract("name")`) listing its cases; adding a
+method's cases is one more. A method the backend has not built yet raises NotImplementedYet on both
+sides, and its cases start comparing real results the moment it lands.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from backend.errors import BackendError, LimitExceeded, NotFound, NotImplementedYet
+from backend.remote import RemoteBackend
+from backend.schemas import (
+    AnalyzeRequest,
+    CompareRequest,
+    EstimateRequest,
+    FeatureRef,
+    FeatureRequest,
+    GraphRequest,
+    LayerFeature,
+    SearchRequest,
+    SteerFeature,
+    SteerRequest,
+    UnloadRequest,
+)
+from backend.wire import protocol_methods
+
+
+@dataclass(frozen=True)
+class Case:
+    request: BaseModel | None
+    expect: type[BackendError] | None = None  # None: a result
+    id: str = ""
+
+
+CONTRACT: dict[str, Callable[[], list[Case]]] = {}
+
+
+def contract(method: str):
+    def register(fn: Callable[[], list[Case]]) -> Callable[[], list[Case]]:
+        CONTRACT[method] = fn
+        return fn
+
+    return register
+
+
+@contract("info")
+def info_cases() -> list[Case]:
+    return [Case(None, id="info")]
+
+
+@contract("catalog")
+def catalog_cases() -> list[Case]:
+    return [Case(None, id="catalog")]
+
+
+@contract("estimate")
+def estimate_cases() -> list[Case]:
+    return [
+        Case(
+            EstimateRequest(model="gpt2-small", seq_len=256, sae_set="res-jb", sae_layers=[4, 8]), id="gpt2"
+        ),
+        Case(EstimateRequest(model="llama-3.1-8b", seq_len=4096, dtype="bfloat16"), id="llama"),
+        Case(EstimateRequest(model="nope"), NotFound, id="unknown-model"),
+    ]
+
+
+@contract("unload")
+def unload_cases() -> list[Case]:
+    return [Case(UnloadRequest(model="qwen3-4b"), NotFound, id="not-loaded")]
+
+
+TEXT = "The tokamak <b>achieved</b> H-mode & more."
+
+
+@contract("analyze")
+def analyze_cases() -> list[Case]:
+    return [
+        Case(
+            AnalyzeRequest(
+                model="demo",
+                sae_set="res",
+                text=TEXT,
+                layers=[1],
+                k=5,
+                track=[LayerFeature(layer=1, index=3), LayerFeature(layer=0, index=7)],
+            ),
+            id="demo-l1",
+        ),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text=TEXT, k=3, include_explanations=False),
+            id="demo-all",
+        ),
+        Case(AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=TEXT, layers=[4, 8], k=4), id="gpt2"),
+        Case(AnalyzeRequest(model="gpt2-small", sae_set="topk-l8", text=TEXT * 3, k=8), id="topk-windows"),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text=TEXT, k=1000), LimitExceeded, id="k-over-limit"
+        ),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text="token " * 1100), LimitExceeded, id="tokens-over"
+        ),
+        Case(
+            AnalyzeRequest(model="demo", sae_set="res", text=TEXT, layers=[40]), NotFound, id="no-such-layer"
+        ),
+        Case(AnalyzeRequest(model="nope", sae_set="res", text=TEXT), NotFound, id="unknown-model"),
+    ]
+
+
+@contract("feature")
+def feature_cases() -> list[Case]:
+    return [
+        Case(
+            FeatureRequest(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=3), n_examples=5),
+            id="demo-1-3",
+        )
+    ]
+
+
+@contract("search")
+def search_cases() -> list[Case]:
+    return [Case(SearchRequest(model="demo", sae_set="res", mode="text", text=TEXT, k=5), id="text")]
+
+
+@contract("steer")
+def steer_cases() -> list[Case]:
+    return [
+        Case(
+            SteerRequest(
+                model="demo",
+                sae_set="res",
+                prompt="The cat sat on the",
+                n_tokens=4,
+                top_k=3,
+                features=[SteerFeature(layer=1, index=3, delta=4.0, steer_all_prompt_positions=True)],
+            ),
+            id="demo-delta",
+        )
+    ]
+
+
+@contract("attribute")
+def attribute_cases() -> list[Case]:
+    return [
+        Case(
+            GraphRequest(
+                prompt="1 2 3", model="demo", transcoder_set="demo", batch_size=8, max_feature_nodes=64
+            ),
+            id="demo",
+        )
+    ]
+
+
+@contract("compare")
+def compare_cases() -> list[Case]:
+    return [
+        Case(
+            CompareRequest(
+                models=["demo", "gpt2-small"],
+                sentences=["The tokamak achieved H-mode."],
+                domain_terms=["tokamak", "H-mode"],
+            ),
+            id="demo-gpt2",
+        )
+    ]
+
+
+# Figures that change from moment to moment or from process to process, not between backends.
+VOLATILE = {
+    "elapsed_ms",
+    "loaded",
+    "memory_in_use_gb",
+    "used_gb",
+    "free_gb",
+    "torch_reserved_gb",
+    "available_gb",
+    "backend",
+    "remote_url",
+}
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def normalise(outcome: BaseModel | BackendError) -> Any:
+    if isinstance(outcome, BackendError):
+        return type(outcome).__name__, outcome.kind, outcome.message, outcome.details
+    return type(outcome).__name__, _strip(outcome.model_dump(mode="json"))
+
+
+def outcome(backend: Any, method: str, req: BaseModel | None) -> BaseModel | BackendError:
+    fn = getattr(backend, method)
+    try:
+        return fn() if req is None else fn(req)
+    except BackendError as exc:
+        return exc
+
+
+ALL_CASES = [(method, case) for method, make in CONTRACT.items() for case in make()]
+
+
+@pytest.fixture(scope="module")
+def remote(remote_service) -> RemoteBackend:
+    client = RemoteBackend(remote_service.url, remote_service.key, backoff_s=0)
+    yield client
+    client.close()
+
+
+def test_every_protocol_method_has_contract_cases():
+    assert set(CONTRACT) == set(protocol_methods()), "add a @contract fixture for each new protocol method"
+
+
+@pytest.mark.parametrize(("method", "case"), ALL_CASES, ids=[f"{m}-{c.id}" for m, c in ALL_CASES])
+def test_local_and_remote_agree(method: str, case: Case, backend, remote):
+    local = outcome(backend, method, case.request)
+    over_http = outcome(remote, method, case.request)
+    if not isinstance(local, NotImplementedYet):
+        if case.expect is None:
+            assert not isinstance(local, BackendError), f"{method} failed locally: {local}"
+        else:
+            assert isinstance(local, case.expect), f"expected {case.expect.__name__}, got {local!r}"
+    assert normalise(over_http) == normalise(local)
+
+
+def test_remote_info_says_remote_and_where(remote, remote_service):
+    info = remote.info()
+    assert info.backend == "remote" and info.remote_url == remote_service.url
+    health = remote.health()
+    assert health.status == "ok" and health.auth and health.backend == "local"
+
+
+def test_two_concurrent_clients_each_get_their_solo_result(backend, remote_service):
+    """One client steers (or, while steering is not built, analyses with GPT-2) while another
+    analyses with the demo model; both run four times at once through one service."""
+    steer = SteerRequest(
+        model="demo",
+        sae_set="res",
+        prompt="The cat sat on the",
+        n_tokens=4,
+        top_k=3,
+        features=[SteerFeature(layer=1, index=3, delta=4.0, steer_all_prompt_positions=True)],
+    )
+    first: tuple[str, BaseModel] = ("steer", steer)
+    if isinstance(outcome(backend, "steer", steer), NotImplementedYet):
+        first = (
+            "analyze",
+            AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text=TEXT * 4, layers=[2, 9], k=6),
+        )
+    second = (
+        "analyze",
+        AnalyzeRequest(
+            model="demo", sae_set="res", text=TEXT[::-1] * 3, k=4, track=[LayerFeature(layer=0, index=5)]
+        ),
+    )
+    jobs = [first, second]
+    solo = [normalise(outcome(backend, m, r)) for m, r in jobs]
+    assert all(s[0] != "NotImplementedYet" and not isinstance(s[1], str) for s in solo)
+    clients = [RemoteBackend(remote_service.url, remote_service.key, backoff_s=0) for _ in jobs]
+    barrier = threading.Barrier(len(jobs))
+
+    def run(i: int) -> list[Any]:
+        method, req = jobs[i]
+        barrier.wait()
+        return [normalise(outcome(clients[i], method, req)) for _ in range(4)]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(run, range(len(jobs))))
+    for client in clients:
+        client.close()
+    for i, runs in enumerate(results):
+        for got in runs:
+            assert got == solo[i], f"client {i} ({jobs[i][0]}) got a different result when run concurrently"
