@@ -8,6 +8,7 @@ sides, and its cases start comparing real results the moment it lands.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +24,20 @@ from backend.schemas import (
     AnalyzeRequest,
     CompareRequest,
     EstimateRequest,
+    ExperimentFeature,
+    ExperimentRequest,
     FeatureRef,
     FeatureRequest,
     GraphRequest,
     LayerFeature,
+    MemoryEstimate,
     SearchRequest,
     SteerFeature,
     SteerRequest,
+    SteerSweepRequest,
     UnloadRequest,
 )
+from backend.schemas.steer import FeatureTarget
 from backend.wire import protocol_methods
 
 
@@ -147,6 +153,28 @@ def steer_cases() -> list[Case]:
     ]
 
 
+@contract("sweep")
+def sweep_cases() -> list[Case]:
+    target = FeatureTarget(layer=1, index=3, steer_all_prompt_positions=True)
+    return [
+        Case(SteerSweepRequest(model="demo", sae_set="res", prompt="The cat sat on the", n_tokens=3,
+                               feature=target, alphas=[0.0, 2.0]), id="demo-two-alphas"),
+        Case(SteerSweepRequest(model="demo", sae_set="res", prompt="The cat", feature=target,
+                               alphas=[float(a) for a in range(100)]), LimitExceeded, id="too-many-alphas"),
+    ]
+
+
+@contract("experiment")
+def experiment_cases() -> list[Case]:
+    return [
+        Case(ExperimentRequest(model="demo", sae_set="res", layers=[1], alphas=[0.0, 2.0], corpus="texts",
+                               texts=["The cat sat on the mat and looked at the dog for a while.",
+                                      "A function returns a value when it is called with an argument."],
+                               feature_source="list", features=[ExperimentFeature(layer=1, index=3)],
+                               max_passages=2, batch_size=2), id="demo-two-passages"),
+    ]
+
+
 @contract("attribute")
 def attribute_cases() -> list[Case]:
     return [
@@ -198,7 +226,10 @@ def _strip(value: Any) -> Any:
 def normalise(outcome: BaseModel | BackendError) -> Any:
     if isinstance(outcome, BackendError):
         return type(outcome).__name__, outcome.kind, outcome.message, outcome.details
-    return type(outcome).__name__, _strip(outcome.model_dump(mode="json"))
+    data = _strip(outcome.model_dump(mode="json"))
+    if isinstance(outcome, MemoryEstimate):  # its notes quote the free memory of the moment
+        data["notes"] = [re.sub(r"\d+(\.\d+)?", "#", note) for note in data["notes"]]
+    return type(outcome).__name__, data
 
 
 def outcome(backend: Any, method: str, req: BaseModel | None) -> BaseModel | BackendError:

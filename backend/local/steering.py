@@ -217,7 +217,11 @@ def _logits_by_token(model, run: Generation) -> list:
 
 
 def _seed(req: SteerSettings) -> int:
-    return req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
+    """The request's seed; else, when sampling, a fresh one (reported so the run can be repeated).
+    Greedy decoding draws nothing, so the same request gives the same answer every time."""
+    if req.seed is not None:
+        return req.seed
+    return 0 if req.temperature == 0 else random.SystemRandom().randrange(2**31)
 
 
 # ------------------------------------------------------------------ the protocol methods

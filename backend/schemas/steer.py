@@ -114,7 +114,8 @@ class SteerSettings(Request):
         description="Subtracted from a token's logit per earlier occurrence "
         "(as TransformerLens does; only when sampling).",
     )
-    seed: int | None = Field(None, description="Sampling seed; both runs use it. None: drawn and reported.")
+    seed: int | None = Field(None, description="Sampling seed; both runs use it. None: drawn and reported "
+                             "when sampling (temperature > 0), 0 when greedy.")
     freeze_attention: bool = Field(
         False,
         description="Steered run reads the prompt with the default run's attention patterns "
