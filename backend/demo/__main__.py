@@ -4,6 +4,7 @@ build   train the demo pack (tokenizer, model, SAEs, transcoders, explanations, 
         corpus into assets/demo (or --out); --smoke runs the same pipeline at tiny sizes (~1 min).
 corpus  regenerate assets/demo/corpus.txt.gz from Debian's python3.11-doc (apt-get download).
 card    re-render CARD.md and SOURCES.md of a pack from its metrics.json (no training).
+explain regenerate a pack's explanations, showcase and card from its saved files (no training).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--deb", type=Path, default=None, help="a python3.11-doc .deb you already have")
     r = sub.add_parser("card", help="re-render CARD.md and SOURCES.md from metrics.json")
     r.add_argument("--out", type=Path, default=None, help="pack directory (default: assets/demo)")
+    e = sub.add_parser("explain", help="regenerate explanations, showcase and card (no training)")
+    e.add_argument("--out", type=Path, default=None, help="pack directory (default: assets/demo)")
     args = parser.parse_args(argv)
     demo_dir = Settings().demo_dir
     # A terminated build still removes its half-written directory (the `finally` in build()).
@@ -45,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = json.loads((pack / "metrics.json").read_text())
         (pack / "CARD.md").write_text(render_card(metrics))
         (pack / "SOURCES.md").write_text(render_sources(metrics))
+        return 0
+
+    if args.command == "explain":
+        from backend.demo.build import reexplain
+
+        reexplain(args.out or demo_dir)
         return 0
 
     if args.command == "corpus":

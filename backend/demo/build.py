@@ -33,6 +33,8 @@ from backend.demo.tiny import SPECIAL, config_to_json, save_tokenizer, train_bpe
 SAE_SET, TRANSCODER_SET = "res", "demo"
 SAE_HOOK = "blocks.{layer}.hook_resid_post"
 CORPUS_FILE = "corpus.txt.gz"
+MIN_SHOWCASE_FIRINGS = 40  # a showcased feature has enough examples in the sample to judge it by
+BROAD_CLASSES = ("a word after a space", "a word continuation", "whitespace")  # true of most tokens
 SMOKE_LABEL = "smoke-test pack: tiny sizes, barely trained (built by `python -m backend.demo build --smoke`)"
 
 
@@ -70,9 +72,9 @@ FULL = BuildConfig(
 )
 SMOKE = BuildConfig(
     name="featurescope-demo-smoke", vocab=1024, n_layers=2, d_model=64, n_heads=2, d_mlp=256, n_ctx=64,
-    lm_tokens=40_000, lm_batch_rows=8, lm_lr=3e-3,
-    d_dict=256, k=8, dict_tokens=40_000, dict_batch_tokens=1024, dict_lr=2e-3,
-    calibration_rows=16, eval_rows=16, explain_rows=32, gen_tokens=8, max_docs=300, label=SMOKE_LABEL,
+    lm_tokens=30_000, lm_batch_rows=8, lm_lr=3e-3,
+    d_dict=256, k=8, dict_tokens=30_000, dict_batch_tokens=1024, dict_lr=2e-3,
+    calibration_rows=16, eval_rows=16, explain_rows=32, gen_tokens=8, max_docs=200, label=SMOKE_LABEL,
 )
 
 
@@ -189,7 +191,7 @@ def _explain(cfg: BuildConfig, model: Any, saes: dict, tcs: dict, data: lm.Token
     tokens = rows.flatten()
     token_counts = torch.bincount(tokens[tokens != bos], minlength=len(tokenizer))
     vocab_text = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    decode_one = vocab_text.__getitem__
+    decode_one = autoexplain.Vocab(vocab_text)
     # Top logits are drawn from tokens seen in training that decode to whole characters.
     readable = (data.unigram_counts > 0) & torch.tensor(
         ["\ufffd" not in t and i != bos for i, t in enumerate(vocab_text)])
@@ -206,32 +208,46 @@ def _explain(cfg: BuildConfig, model: Any, saes: dict, tcs: dict, data: lm.Token
     jobs = [(SAE_SET, L, saes[L].encode, saes[L].W_dec, f"blocks.{L}.hook_resid_post") for L in saes]
     jobs += [(TRANSCODER_SET, L, tcs[L].encode, tcs[L].W_dec, f"blocks.{L}.hook_resid_mid") for L in tcs]
     texts: dict[str, dict[str, dict[str, str]]] = {SAE_SET: {}, TRANSCODER_SET: {}}
-    candidates, kinds = [], {SAE_SET: {}, TRANSCODER_SET: {}}
+    candidates, kinds, dense = [], {SAE_SET: {}, TRANSCODER_SET: {}}, {}
     for set_id, layer, encode, w_dec, hook in tqdm(jobs, desc="explaining features", unit="dictionary"):
         pos, feat, val = autoexplain.sparse_activations(encode, cache[hook].reshape(-1, cfg.d_model)[keep])
         pos = keep[pos]
         with torch.no_grad():
             promotes = autoexplain.promoted_tokens(model, w_dec.detach(), readable)
-        evidence = autoexplain.gather_evidence(pos, feat, val, tokens, cfg.d_dict, promotes, decode_one)
+        evidence = autoexplain.gather_evidence(pos, feat, val, tokens, cfg.n_ctx, keep.numel(), cfg.d_dict,
+                                               promotes, decode_one)
         texts[set_id][str(layer)] = {}
         for ev in evidence:
             ex = autoexplain.explain(ev, tokens, cfg.n_ctx, decode_one, token_counts)
             texts[set_id][str(layer)][str(ev.index)] = ex.text
             kinds[set_id][ex.kind] = kinds[set_id].get(ex.kind, 0) + 1
-            if ex.kind not in ("dead", "mixed") and ev.firings >= 8:
+            dense[set_id] = dense.get(set_id, 0) + (ev.density >= autoexplain.DENSE)
+            if (ex.kind not in ("dead", "mixed") and ev.firings >= MIN_SHOWCASE_FIRINGS
+                    and ev.density <= 0.05 and not ex.text.startswith(BROAD_CLASSES)):
                 candidates.append((ex.score, set_id, layer, ev, ex))
-    (out / "explanations").mkdir()
+    (out / "explanations").mkdir(exist_ok=True)
     for set_id, by_layer in texts.items():
         path = out / "explanations" / f"{set_id}.json"
         path.write_text(json.dumps(by_layer, indent=0, ensure_ascii=False))
     showcase = _showcase(candidates, tokens, cfg.n_ctx, decode_one)
-    return {"kinds": kinds, "showcase": showcase, "sample_tokens": int(keep.numel())}
+    return {"kinds": kinds, "dense": dense, "showcase": showcase, "sample_tokens": int(keep.numel())}
+
+
+def _example(tokens: torch.Tensor, pos: int, value: float, n_ctx: int, decode_one) -> dict[str, Any]:
+    """One top example: its text around the token, and the token ids of its row up to three tokens
+    after it (`position` marks the token), which reproduce the activation exactly."""
+    row_start = pos - pos % n_ctx
+    end = min(row_start + n_ctx, pos + 4)
+    return {"activation": round(value, 4), "text": autoexplain.context(tokens, pos, n_ctx, decode_one),
+            "ids": tokens[row_start:end].tolist(), "position": pos - row_start}
 
 
 def _showcase(candidates: list, tokens: torch.Tensor, n_ctx: int, decode_one, n: int = 10
               ) -> list[dict[str, Any]]:
-    """Ten features that are easy to check by eye: high precision (and recall), varied kinds,
-    at most two per dictionary, at most four plain single-token detectors."""
+    """Ten features that are easy to check by eye: not dense (≤ 5% of tokens) nor rare (≥ 40 firings
+    in the sample), not a class most tokens belong to, explanations that
+    describe their top examples and most of their firings (`Explanation.score`), varied kinds, at
+    most two per dictionary, at most four plain single-token detectors."""
     candidates.sort(key=lambda c: (-c[0], c[1], c[2], c[3].index))
     picked, per_dict, per_kind, seen = [], {}, {}, set()
     for score, set_id, layer, ev, ex in candidates:
@@ -245,9 +261,9 @@ def _showcase(candidates: list, tokens: torch.Tensor, n_ctx: int, decode_one, n:
         picked.append({
             "set": set_id, "layer": layer, "index": ev.index, "explanation": ex.text, "kind": ex.kind,
             "precision": round(ex.precision, 3), "recall": None if ex.recall is None else round(ex.recall, 3),
+            "coverage": round(ex.coverage, 3),
             "density": ev.density, "promotes": ev.promotes,
-            "examples": [{"activation": round(v, 3),
-                          "text": autoexplain.context(tokens, p, n_ctx, decode_one)} for v, p in ev.top[:5]],
+            "examples": [_example(tokens, p, v, n_ctx, decode_one) for v, p in ev.top[:5]],
         })
         if len(picked) == n:
             break
@@ -265,6 +281,7 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
                                 "`python -m backend.demo corpus` (downloads Debian's python3.11-doc).")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-build-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the pack is read by whoever runs the app
     stages = _Stages(["corpus", "tokenizer", "tokenising", "model", "held-out loss and generations",
                       "SAEs and transcoders", "evaluation", "explanations", "card"])
     try:
@@ -306,7 +323,7 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
             "saes": {str(k): v for k, v in scores["saes"].items()},
             "transcoders": {"per_layer": {str(k): v for k, v in scores["transcoders"]["per_layer"].items()},
                             "all_layers": scores["transcoders"]["all_layers"]},
-            "explanations": {"kinds": explained["kinds"], "sample_tokens": explained["sample_tokens"]},
+            "explanations": {k: explained[k] for k in ("kinds", "dense", "sample_tokens")},
             "showcase": explained["showcase"],
             "build": {"threads": threads, "torch": torch.__version__, "python": platform.python_version(),
                       "machine": platform.machine(), "stages_s": stages.times},
@@ -314,9 +331,7 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
 
         def write_card():
             metrics["build"]["wall_s"] = round(time.perf_counter() - stages.t0, 1)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
-            (tmp / "CARD.md").write_text(card.render_card(metrics))
-            (tmp / "SOURCES.md").write_text(card.render_sources(metrics))
+            write_report(tmp, metrics)
 
         stages.run("card", write_card)
         total = stages.close()
@@ -332,6 +347,34 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def write_report(out: Path, metrics: dict[str, Any]) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
+    (out / "CARD.md").write_text(card.render_card(metrics))
+    (out / "SOURCES.md").write_text(card.render_sources(metrics))
+
+
+def reexplain(out_dir: Path, threads: int = 1) -> None:
+    """Regenerate a built pack's explanations, showcase and card from its saved files (no training;
+    the same seeds and rows as the build, so unchanged heuristics give unchanged explanations)."""
+    from transformers import AutoTokenizer
+
+    from backend.local.loading import load_demo_model
+
+    torch.set_num_threads(threads)
+    pack = DemoPack(Path(out_dir))
+    metrics = json.loads((pack.root / "metrics.json").read_text())
+    cfg = BuildConfig(**metrics["config"])
+    tokenizer = AutoTokenizer.from_pretrained(str(pack.tokenizer_dir()))
+    bos = tokenizer.convert_tokens_to_ids(SPECIAL)
+    data = lm.tokenize(corpus.read_corpus(pack.corpus_path()), tokenizer, cfg.n_ctx, bos, len(tokenizer))
+    model = load_demo_model(pack, "cpu", "float32")
+    saes, tcs = _load_dictionaries(pack, cfg.n_layers)
+    explained = _explain(cfg, model, saes, tcs, data, tokenizer, bos, pack.root)
+    metrics["explanations"] = {k: explained[k] for k in ("kinds", "dense", "sample_tokens")}
+    metrics["showcase"] = explained["showcase"]
+    write_report(pack.root, metrics)
 
 
 def smoke_config(**overrides: Any) -> BuildConfig:

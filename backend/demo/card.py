@@ -169,22 +169,33 @@ def render_card(m: dict[str, Any]) -> str:
     all_kinds = sorted({k for v in kinds.values() for k in v})
     for set_id, counts in kinds.items():
         lines.append(f"| {set_id} | " + " | ".join(str(counts.get(k, 0)) for k in all_kinds) + " |")
+    if "dense" in m["explanations"]:
+        dense = m["explanations"]["dense"]
+        lines += ["", "Dense features (firing on at least 10% of the sample's tokens; their explanations say "
+                  "so, and describe only their strongest activations): "
+                  + ", ".join(f"{dense.get(s, 0)} of {sum(kinds[s].values())} in `{s}`"
+                              for s in kinds) + "."]
     lines += [
         "",
         "## Ten features to check by eye",
         "",
         "Open them in the app (model `demo`, the set and layer given) or type text containing the "
         "described tokens into the highlighter. *precision*: share of the top examples the explanation "
-        "describes; *recall*: for a single-token explanation, share of that token's occurrences in the "
-        "sample on which the feature fires. In the examples the activating token is in [[ ]].",
+        "describes; *coverage*: share of all the feature's firings in the sample that it describes; "
+        "*recall*: for a single-token explanation, share of that token's occurrences in the sample on "
+        "which the feature fires. Candidates fire on at most 5% of tokens and at least 40 times in "
+        "the sample. "
+        "In the examples the activating token is in [[ ]].",
         "",
     ]
     for i, f in enumerate(m["showcase"], 1):
         where = (f"SAE `res` layer {f['layer']}" if f["set"] == "res"
                  else f"transcoder `demo` layer {f['layer']}")
         recall = "" if f["recall"] is None else f", recall {f['recall']:.2f}"
+        coverage = f", coverage {f['coverage']:.2f}" if "coverage" in f else ""
         lines += [f"{i}. **{where}, feature {f['index']}**: {_code(f['explanation'])} "
-                  f"(precision {f['precision']:.2f}{recall}; fires on {f['density']:.2%} of tokens)"]
+                  f"(precision {f['precision']:.2f}{coverage}{recall}; "
+                  f"fires on {f['density']:.2%} of tokens)"]
         for ex in f["examples"]:
             lines.append(f"   - {ex['activation']:.2f}: {_code(ex['text'])}")
     lines += [
