@@ -72,7 +72,7 @@ def save_tokenizer(tokenizer_obj: Any, out_dir: Path) -> None:
     fast.save_pretrained(str(out_dir))
 
 
-def train_bpe(texts: list[str], vocab_size: int) -> Any:
+def train_bpe(texts: list[str], vocab_size: int, show_progress: bool = False) -> Any:
     """Byte-level BPE (GPT-2 style pre-tokenisation) with one special token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -83,7 +83,7 @@ def train_bpe(texts: list[str], vocab_size: int) -> Any:
         vocab_size=vocab_size,
         special_tokens=[SPECIAL],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=show_progress,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok

@@ -1,0 +1,256 @@
+"""Sparse dictionaries for the demo pack: residual SAEs and per-layer transcoders.
+
+Both are trained the same way, as BatchTopK dictionaries (Bussmann et al., 2024) that become
+JumpReLU dictionaries for inference:
+
+- encoder `pre = (x - b_dec·[sae]) @ W_enc + b_enc`, `acts = relu(pre)`; in training the batch's
+  threshold keeps the `k · rows` largest activations of a sub-batch (so L0 averages `k`), and
+  every activation above it passes, which is exactly a JumpReLU with that threshold;
+- decoder `out = acts @ W_dec + b_dec`, rows of W_dec kept at unit norm;
+- loss: squared error summed over dimensions, plus the AuxK loss (Gao et al., 2024) that lets
+  latents dead for `dead_after_tokens` reconstruct the residual;
+- activations are scaled by one constant per site so E‖x‖² = d (and the same for the target);
+  the scale is folded into the exported weights;
+- after training the JumpReLU threshold is calibrated on fresh activations so the mean L0 is `k`.
+
+An SAE reads and writes `blocks.L.hook_resid_post`; a transcoder reads `blocks.L.hook_resid_mid`
+and writes `blocks.L.hook_mlp_out`. Export: SAEs as SAELens `JumpReLUSAE` (`save_model`, loaded by
+`SAE.load_from_disk`), transcoders in circuit-tracer's per-layer safetensors (`W_enc`, `W_dec`
+[d_transcoder, d_model], `b_enc`, `b_dec`, `activation_function.threshold`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a dictionary reads and writes (an SAE reads and writes the same hook)."""
+
+    kind: str  # "sae" | "transcoder"
+    layer: int
+    in_hook: str
+    out_hook: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.layer}"
+
+
+def sites(n_layers: int) -> list[Site]:
+    out = [Site("sae", L, f"blocks.{L}.hook_resid_post", f"blocks.{L}.hook_resid_post")
+           for L in range(n_layers)]
+    out += [Site("transcoder", L, f"blocks.{L}.hook_resid_mid", f"blocks.{L}.hook_mlp_out")
+            for L in range(n_layers)]
+    return out
+
+
+class BatchTopKDictionary(nn.Module):
+    def __init__(self, d_in: int, d_out: int, d_dict: int, k: int, subtract_b_dec: bool,
+                 gen: torch.Generator) -> None:
+        super().__init__()
+        self.k, self.subtract_b_dec = k, subtract_b_dec
+        w_dec = torch.randn(d_dict, d_out, generator=gen)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        if d_in == d_out:
+            w_enc = w_dec.T.clone()
+        else:
+            w_enc = torch.randn(d_in, d_dict, generator=gen)
+            w_enc = w_enc / w_enc.norm(dim=0, keepdim=True)
+        self.W_enc = nn.Parameter(w_enc)
+        self.b_enc = nn.Parameter(torch.zeros(d_dict))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("last_fired", torch.zeros(d_dict, dtype=torch.long))
+
+    def preacts(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subtract_b_dec:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def batch_threshold(self, acts: torch.Tensor, sub_rows: int = 512) -> torch.Tensor:
+        """The BatchTopK cut: the (k·m)-th largest activation of the first m rows."""
+        sub = acts[:sub_rows].detach().flatten()
+        n = min(sub.numel(), self.k * min(sub_rows, acts.shape[0]))
+        return sub.topk(n, sorted=False).values.min()
+
+    def encode(self, x: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.preacts(x)
+        acts = pre.relu()
+        return torch.where(acts > threshold, acts, torch.zeros((), dtype=acts.dtype)), pre
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+@dataclass
+class DictionarySpec:
+    d_dict: int
+    k: int
+    tokens: int
+    batch_tokens: int
+    lr: float
+    aux_coef: float = 1 / 32
+    dead_after_tokens: int = 200_000
+
+
+def _mean_sq_norm(x: torch.Tensor) -> float:
+    return float(x.pow(2).sum(-1).mean())
+
+
+@torch.no_grad()
+def collect(model: Any, rows: torch.Tensor, hooks: list[str], bos: int) -> dict[str, torch.Tensor]:
+    """Activations at `hooks` for every non-BOS position of `rows`, as [n_tokens, d] each."""
+    stop = max(int(h.split(".")[1]) for h in hooks) + 1
+    _, cache = model.run_with_cache(rows, names_filter=lambda n: n in hooks, stop_at_layer=stop)
+    keep = rows != bos
+    return {h: cache[h][keep].float() for h in hooks}
+
+
+class Trainer:
+    """Trains one dictionary per site in lockstep, one model forward pass per step."""
+
+    def __init__(self, model: Any, site_list: list[Site], spec: DictionarySpec, bos: int, seed: int) -> None:
+        self.model, self.sites, self.spec, self.bos = model, site_list, spec, bos
+        self.gen = torch.Generator().manual_seed(seed)
+        self.hooks = sorted({s.in_hook for s in site_list} | {s.out_hook for s in site_list})
+        d = model.cfg.d_model
+        self.dicts = {s.name: BatchTopKDictionary(d, d, spec.d_dict, spec.k, s.kind == "sae", self.gen)
+                      for s in site_list}
+        self.scales: dict[str, float] = {}
+
+    def _batches(self, rows: torch.Tensor, n_rows: int):
+        while True:
+            order = torch.randperm(rows.shape[0], generator=self.gen)
+            for start in range(0, len(order) - n_rows + 1, n_rows):
+                yield collect(self.model, rows[order[start:start + n_rows]], self.hooks, self.bos)
+
+    def train(self, rows: torch.Tensor) -> dict[str, list[tuple[int, float]]]:
+        spec, n_ctx = self.spec, rows.shape[1]
+        n_rows = max(1, spec.batch_tokens // n_ctx)
+        steps = max(1, spec.tokens // (n_rows * n_ctx))
+        batches = self._batches(rows, n_rows)
+        first = next(batches)
+        # One scale per hook so that E||x||^2 = d; b_dec starts at the mean of what it rebuilds.
+        d = self.model.cfg.d_model
+        self.scales = {h: (d / _mean_sq_norm(first[h])) ** 0.5 for h in self.hooks}
+        opts = {}
+        for s in self.sites:
+            dic = self.dicts[s.name]
+            with torch.no_grad():
+                dic.b_dec.copy_((first[s.out_hook] * self.scales[s.out_hook]).mean(0))
+            opts[s.name] = torch.optim.Adam(dic.parameters(), lr=spec.lr, betas=(0.9, 0.999))
+        warmup, decay_from = max(1, steps // 20), int(steps * 0.8)
+        curves: dict[str, list[tuple[int, float]]] = {s.name: [] for s in self.sites}
+        seen = 0
+        acts = first
+        for step in tqdm(range(steps), desc="training SAEs and transcoders", unit="step"):
+            if step > 0:
+                acts = next(batches)
+            lr_scale = min(1.0, (step + 1) / warmup)
+            if step >= decay_from:
+                lr_scale *= max(0.0, (steps - step) / max(1, steps - decay_from))
+            n_tok = next(iter(acts.values())).shape[0]
+            seen += n_tok
+            for s in self.sites:
+                x = acts[s.in_hook] * self.scales[s.in_hook]
+                y = acts[s.out_hook] * self.scales[s.out_hook]
+                loss, fvu = self._step(self.dicts[s.name], opts[s.name], x, y, seen, spec.lr * lr_scale)
+                if step % 10 == 0 or step == steps - 1:
+                    curves[s.name].append((step, round(fvu, 4)))
+        return curves
+
+    def _step(self, dic: BatchTopKDictionary, opt: torch.optim.Optimizer, x: torch.Tensor,
+              y: torch.Tensor, seen: int, lr: float) -> tuple[float, float]:
+        spec = self.spec
+        for group in opt.param_groups:
+            group["lr"] = lr
+        pre = dic.preacts(x)
+        acts = pre.relu()
+        theta = dic.batch_threshold(acts)
+        z = torch.where(acts > theta, acts, torch.zeros((), dtype=acts.dtype))
+        out = dic.decode(z)
+        err = (out - y).pow(2).sum(-1).mean()
+        loss = err
+        with torch.no_grad():
+            fired = (z > 0).any(0)
+            dic.last_fired[fired] = seen
+            dead = (seen - dic.last_fired) > spec.dead_after_tokens
+        n_dead = int(dead.sum())
+        if n_dead:
+            k_aux = min(x.shape[1] // 2, n_dead)
+            masked = torch.where(dead, pre, torch.full((), -torch.inf, dtype=pre.dtype))
+            top = masked.topk(k_aux, dim=-1)
+            aux_z = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+            residual = (y - out).detach()
+            aux = (aux_z @ dic.W_dec - residual).pow(2).sum(-1).mean()
+            loss = loss + spec.aux_coef * min(1.0, n_dead / k_aux) * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        dic.normalise_decoder()
+        with torch.no_grad():
+            var = (y - y.mean(0)).pow(2).sum(-1).mean()
+            fvu = float(err / var)
+        return float(loss.detach()), fvu
+
+    @torch.no_grad()
+    def calibrate(self, rows: torch.Tensor) -> None:
+        """Set each JumpReLU threshold so that the mean L0 over `rows` (non-BOS) is exactly k."""
+        acts = collect(self.model, rows, self.hooks, self.bos)
+        for s in self.sites:
+            dic = self.dicts[s.name]
+            a = dic.preacts(acts[s.in_hook] * self.scales[s.in_hook]).relu().flatten()
+            n = min(a.numel(), dic.k * acts[s.in_hook].shape[0])
+            dic.threshold.fill_(float(a.topk(n, sorted=False).values.min()))
+
+    def folded(self, site: Site) -> dict[str, torch.Tensor]:
+        """Weights in the units of the model's activations (the training scales folded in).
+
+        With s_in, s_out the scales: pre = (s_in·x − b_dec·[sae]) W_enc + b_enc and
+        out = (z W_dec + b_dec)/s_out.
+        For an SAE s_in = s_out = s and pre = (x − b_dec/s)(s·W_enc) + b_enc; so W_enc' = s_in·W_enc,
+        W_dec' = W_dec/s_out, b_dec' = b_dec/s_out; b_enc and the threshold are unchanged.
+        """
+        dic = self.dicts[site.name]
+        s_in, s_out = self.scales[site.in_hook], self.scales[site.out_hook]
+        return {"W_enc": (dic.W_enc * s_in).detach().clone(), "b_enc": dic.b_enc.detach().clone(),
+                "W_dec": (dic.W_dec / s_out).detach().clone(), "b_dec": (dic.b_dec / s_out).detach().clone(),
+                "threshold": torch.full_like(dic.b_enc, float(dic.threshold)).detach()}
+
+
+def save_sae(weights: dict[str, torch.Tensor], out_dir: Path, hook: str, model_name: str, n_ctx: int) -> None:
+    """Write a SAELens JumpReLU SAE (cfg.json + sae_weights.safetensors) with SAELens' own classes."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    d_in, d_sae = weights["W_enc"].shape
+    cfg = JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu",
+                            apply_b_dec_to_input=True, normalize_activations="none",
+                            metadata=SAEMetadata(hook_name=hook, model_name=model_name, prepend_bos=True,
+                                                 context_size=n_ctx))
+    sae = JumpReLUSAE(cfg)
+    sae.load_state_dict({k: v.contiguous() for k, v in weights.items()}, strict=True)
+    sae.save_model(out_dir)
+
+
+def save_transcoder(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Write circuit-tracer's per-layer transcoder file (what `load_relu_transcoder` reads)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"W_enc": weights["W_enc"].T.contiguous(), "W_dec": weights["W_dec"].contiguous(),
+               "b_enc": weights["b_enc"].contiguous(), "b_dec": weights["b_dec"].contiguous(),
+               "activation_function.threshold": weights["threshold"].contiguous()}, str(path))

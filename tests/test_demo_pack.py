@@ -1,0 +1,328 @@
+"""The trained demo pack (assets/demo) and its build, checked against independent computations.
+
+- the pack is the catalog's `demo` model and loads with the libraries' own loaders;
+- each SAE's encode -> decode on the held-out rows explains as much variance as CARD.md reports
+  (recomputed here by hand, not with the build's code);
+- the transcoders load into a circuit-tracer ReplacementModel built with its own API
+  (`TranscoderSet`, `ReplacementModel.from_config`), which reproduces the pack model's logits and
+  whose attribution graph's active features are the transcoders' own encodings;
+- the showcased features fire on their examples;
+- a `--smoke` build runs end to end, twice with the same bytes, and every artefact loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.demo import corpus, lm
+from backend.demo.pack import TINY_LABEL, DemoPack, find_pack
+from backend.local.loading import load_demo_model
+from tests.conftest import REPO
+
+COMMITTED_CORPUS = REPO / "assets" / "demo" / "corpus.txt.gz"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tests run a few million multiply-adds on small tensors: one thread is faster on a shared
+    2-core machine (no spinning threads waiting for each other); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pack(backend) -> DemoPack:
+    return backend.pack()
+
+
+@pytest.fixture(scope="module")
+def metrics(pack) -> dict:
+    return json.loads((pack.root / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model(pack):
+    """Our own copy of the pack model (the backend's shared one runs only under its lock)."""
+    return load_demo_model(pack, "cpu", "float32")
+
+
+@pytest.fixture(scope="module")
+def heldout(pack, model, metrics) -> torch.Tensor:
+    """The held-out rows the card's figures were measured on, cut again from the corpus file."""
+    docs = corpus.read_corpus(pack.corpus_path())
+    rows = lm.heldout_rows(docs, model.tokenizer, model.cfg.n_ctx, model.tokenizer.bos_token_id)
+    return rows[:metrics["config"]["eval_rows"]]
+
+
+@pytest.fixture(scope="module")
+def activations(model, heldout) -> dict[str, torch.Tensor]:
+    """Each layer's resid_post, resid_mid and mlp_out at the held-out rows' non-BOS positions."""
+    names = [f"blocks.{L}.{h}" for L in range(model.cfg.n_layers)
+             for h in ("hook_resid_post", "hook_resid_mid", "hook_mlp_out")]
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with torch.no_grad():
+        for rows in heldout.split(16):
+            _, cache = model.run_with_cache(rows, names_filter=names, stop_at_layer=model.cfg.n_layers)
+            for n in names:
+                parts[n].append(cache[n][rows != model.tokenizer.bos_token_id])
+    return {n: torch.cat(p) for n, p in parts.items()}
+
+
+def load_tc(path, layer: int):
+    """One transcoder through circuit-tracer's own loader, fully in memory."""
+    from circuit_tracer.transcoder.single_layer_transcoder import load_relu_transcoder
+
+    return load_relu_transcoder(str(path), layer, device=torch.device("cpu"), lazy_encoder=False,
+                                lazy_decoder=False)
+
+
+def round_trip(encode, decode, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """(FVE of y by decode(encode(x)), mean L0), by hand: 1 - sum|y - y_hat|^2 / sum|y - mean(y)|^2."""
+    err, l0 = 0.0, 0.0
+    with torch.no_grad():
+        for xs, ys in zip(x.split(chunk), y.split(chunk)):
+            z = encode(xs)
+            err += float((ys.double() - decode(z).double()).pow(2).sum())
+            l0 += float((z > 0).sum())
+        total = float((y.double() - y.double().mean(0)).pow(2).sum())
+    return 1 - err / total, l0 / x.shape[0]
+
+
+def test_trained_pack_is_the_catalog_demo_model(backend, pack):
+    from backend.settings import Settings
+
+    assert pack.root == Settings().demo_dir.resolve()
+    assert pack.manifest.name == "featurescope-demo" and pack.label is None
+    cfg = pack.model_config()
+    entry = backend.model_entry("demo")
+    assert (entry.n_layers, entry.d_model, entry.d_vocab) == (cfg["n_layers"], cfg["d_model"], cfg["d_vocab"])
+    assert 2 <= cfg["n_layers"] <= 6 and 128 <= cfg["d_model"] <= 512 and 4096 <= cfg["d_vocab"] <= 16384
+    assert entry.sae_sets["res"].layers == tuple(range(cfg["n_layers"]))
+    assert pack.transcoder_set("demo").layers == list(range(cfg["n_layers"]))
+    listing = backend.catalog()
+    demo = next(m for m in listing.models if m.id == "demo")
+    assert listing.default_model == "demo" and demo.available and demo.label is None
+    files = [p for p in pack.root.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40_000_000
+    weights = [p for p in files if p.suffix in (".safetensors", ".pt", ".bin", ".pth")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+
+
+def test_saes_load_with_saelens_and_round_trip_as_the_card_reports(pack, metrics, activations):
+    from sae_lens import SAE, JumpReLUSAE
+
+    card = (pack.root / "CARD.md").read_text()
+    for layer in pack.sae_set("res").layers:
+        sae = SAE.load_from_disk(pack.sae_dir("res", layer), device="cpu")
+        assert isinstance(sae, JumpReLUSAE)
+        hook = f"blocks.{layer}.hook_resid_post"
+        assert sae.cfg.metadata.hook_name == hook and sae.cfg.d_sae == pack.sae_set("res").d_sae
+        x = activations[hook]
+        fve, l0 = round_trip(sae.encode, sae.decode, x, x)
+        reported = metrics["saes"][str(layer)]
+        assert f"| {layer} | {reported['l0']:.1f} | {reported['fve']:.3f} |" in card
+        assert 1 - fve <= 1 - reported["fve"] + 1e-4  # round-trip error no worse than reported
+        assert fve == pytest.approx(reported["fve"], abs=1e-4)
+        assert l0 == pytest.approx(reported["l0"], abs=1e-3)
+
+
+def test_transcoders_reconstruct_the_mlp_as_the_card_reports(pack, metrics, activations):
+    for layer, path in pack.transcoder_paths("demo").items():
+        tc = load_tc(path, layer)
+        x, y = activations[f"blocks.{layer}.hook_resid_mid"], activations[f"blocks.{layer}.hook_mlp_out"]
+        with torch.no_grad():
+            # JumpReLU by hand: the pre-activation where it exceeds the threshold, else 0.
+            pre = x[:4096] @ tc.W_enc.T + tc.b_enc
+            assert torch.equal(tc.encode(x[:4096]), pre * (pre > tc.activation_function.threshold))
+        fve, _ = round_trip(tc.encode, tc.decode, x, y)
+        assert fve == pytest.approx(metrics["transcoders"]["per_layer"][str(layer)]["fve"], abs=1e-4)
+
+
+def test_transcoders_load_into_a_circuit_tracer_replacement_model(pack, model):
+    from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.transcoder import TranscoderSet
+    from transformer_lens import HookedTransformerConfig
+
+    meta = pack.transcoder_set("demo")
+    tset = TranscoderSet(
+        {L: load_tc(p, L) for L, p in pack.transcoder_paths("demo").items()},
+        feature_input_hook=meta.feature_input_hook, feature_output_hook=meta.feature_output_hook,
+    )
+    cfg = HookedTransformerConfig(**pack.model_config(), device="cpu")
+    rm = ReplacementModel.from_config(cfg, tset, tokenizer=model.tokenizer)
+    # The pack's weights, under the names the replacement wrappers give the MLPs and unembed.
+    state = {}
+    for name, value in model.state_dict().items():
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blocks" and parts[2] == "mlp":
+            name = ".".join([*parts[:3], "old_mlp", *parts[3:]])
+        elif parts[0] == "unembed":
+            name = ".".join(["unembed", "old_unembed", *parts[1:]])
+        state[name] = value
+    missing, unexpected = rm.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("transcoders.") for k in missing)
+
+    prompt = "The open function returns a file object"
+    tokens = model.to_tokens(prompt)
+    with torch.no_grad():
+        assert torch.allclose(rm(tokens), model(tokens), atol=1e-5)
+        names = [f"blocks.{L}.hook_resid_mid" for L in range(cfg.n_layers)]
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+        expected = torch.stack([tset[L].encode(cache[names[L]][0]) for L in range(cfg.n_layers)])
+    expected[:, 0] = 0  # circuit-tracer zeroes the BOS position
+    _, acts = rm.get_activations(tokens)
+    assert torch.allclose(acts, expected, atol=1e-5)
+
+    graph = attribute(tokens[0], rm, max_n_logits=3, desired_logit_prob=0.5, batch_size=64,
+                      max_feature_nodes=64)
+    active = {tuple(f) for f in graph.active_features.tolist()}
+    assert active == {tuple(i) for i in expected.nonzero().tolist()}
+    af = graph.active_features
+    assert torch.allclose(graph.activation_values, expected[af[:, 0], af[:, 1], af[:, 2]], atol=1e-4)
+    assert 0 < len(graph.selected_features) <= 64
+    probs = torch.softmax(model(tokens)[0, -1].double(), -1)
+    ids = torch.tensor([t.vocab_idx for t in graph.logit_targets])
+    assert torch.allclose(graph.logit_probabilities.double(), probs[ids], atol=1e-4)
+
+
+def test_explanations_cover_every_feature_and_showcased_features_fire(pack, metrics, model):
+    from sae_lens import SAE
+
+    sizes = {"res": pack.sae_set("res").d_sae, "demo": pack.transcoder_set("demo").d_transcoder}
+    for set_id, d in sizes.items():
+        texts = pack.explanations(set_id)
+        assert sorted(texts) == list(range(model.cfg.n_layers))
+        assert all(sorted(t) == list(range(d)) and all(t.values()) for t in texts.values())
+    showcase = metrics["showcase"]
+    assert len(showcase) == 10
+    tok = model.tokenizer
+    for feature in showcase:
+        layer = feature["layer"]
+        assert pack.explanations(feature["set"])[layer][feature["index"]] == feature["explanation"]
+        if feature["set"] == "res":
+            dic = SAE.load_from_disk(pack.sae_dir("res", layer))
+            hook = f"blocks.{layer}.hook_resid_post"
+        else:
+            dic = load_tc(pack.transcoder_paths("demo")[layer], layer)
+            hook = f"blocks.{layer}.hook_resid_mid"
+        for example in feature["examples"]:
+            # The example's row up to the token: the activation the build recorded, exactly.
+            assert example["ids"][0] == tok.bos_token_id
+            with torch.no_grad():
+                _, cache = model.run_with_cache(torch.tensor([example["ids"]]), names_filter=[hook])
+                value = float(dic.encode(cache[hook][0, example["position"]])[feature["index"]])
+            assert value > 0 and value == pytest.approx(example["activation"], abs=2e-4)
+            assert f"[[{tok.decode([example['ids'][example['position']]])}]]" in example["text"]
+
+
+def test_corpus_extraction_by_hand():
+    rst = "\n".join([
+        ".. _tut-if:",
+        "",
+        ":keyword:`!if` Statements",
+        "=========================",
+        "",
+        ".. index::",
+        "   statement: if",
+        "",
+        "Perhaps the most well-known statement type is the :keyword:`if` statement.  For",
+        "example::",
+        "",
+        "   >>> x = 42",
+        "",
+        ".. function:: abs(x)",
+        "",
+        "   Return the *absolute* value of ``x``; see :func:`~math.fabs` and",
+        "   :ref:`the tutorial <tut-if>`.",
+        "",
+        "   .. versionadded:: 3.10",
+    ])
+    assert corpus.rst_to_sections(rst) == [[
+        "if Statements",
+        "Perhaps the most well-known statement type is the if statement. For example:",
+        ">>> x = 42",
+        "abs(x)",
+        "Return the absolute value of x; see fabs and the tutorial.",
+        "New in version 3.10.",
+    ]]
+
+
+def test_corpus_file_is_deterministic_and_the_recipe_checks_the_package(tmp_path):
+    docs = ["first  document\twith tabs", "second one"]
+    a, b = tmp_path / "a.txt.gz", tmp_path / "b.txt.gz"
+    assert corpus.write_corpus(docs, a) == corpus.write_corpus(docs, b)
+    assert a.read_bytes() == b.read_bytes()
+    assert corpus.read_corpus(a) == ["first document with tabs", "second one"]
+    fake = tmp_path / "python3.11-doc_fake_all.deb"
+    fake.write_bytes(b"not the package")
+    with pytest.raises(ValueError, match=corpus.SOURCE["deb_sha256"]):
+        corpus.regenerate(tmp_path / "c.txt.gz", deb=fake)
+    # The committed corpus: one document per line, the text whose checksum the pack records.
+    assert corpus.corpus_sha256(COMMITTED_CORPUS) == json.loads(
+        (COMMITTED_CORPUS.parent / "manifest.json").read_text())["corpus_sha256"]
+
+
+def test_tiny_fallback_is_still_built_when_the_pack_is_missing(tmp_path):
+    tiny = find_pack(tmp_path / "no-pack-here", tmp_path / "data")
+    assert tiny.label == TINY_LABEL and tiny.root == (tmp_path / "data" / "tiny-demo").resolve()
+    assert tiny.model_config()["d_model"] == 64
+
+
+@pytest.fixture(scope="module")
+def smoke_packs(tmp_path_factory) -> tuple[Path, Path]:
+    from backend.demo.build import SMOKE, build
+
+    root = tmp_path_factory.mktemp("smoke")
+    return (build(root / "a", SMOKE, corpus_path=COMMITTED_CORPUS),
+            build(root / "b", SMOKE, corpus_path=COMMITTED_CORPUS))
+
+
+def test_smoke_build_end_to_end_every_artefact_loads(smoke_packs):
+    import torch.nn.functional as F
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from sae_lens import SAE
+
+    from backend.demo.build import SMOKE, SMOKE_LABEL
+
+    out = smoke_packs[0]
+    pack = DemoPack(out)
+    assert pack.label == SMOKE_LABEL and not list(out.parent.glob(".a-build-*"))
+    model = load_demo_model(pack, "cpu", "float32")
+    tok = model.tokenizer
+    assert len(tok) == SMOKE.vocab and tok.decode(tok("import os")["input_ids"]) == "import os"
+    for layer in range(SMOKE.n_layers):
+        sae = SAE.load_from_disk(pack.sae_dir("res", layer))
+        assert sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_resid_post"
+        tc = load_tc(pack.transcoder_paths("demo")[layer], layer)
+        assert isinstance(tc.activation_function, JumpReLU) and tc.d_transcoder == SMOKE.d_dict
+    assert all(len(t) == SMOKE.d_dict for t in pack.explanations("res").values())
+    docs = corpus.read_corpus(pack.corpus_path())
+    assert docs == corpus.read_corpus(COMMITTED_CORPUS)[:SMOKE.max_docs]
+    # The held-out loss in metrics.json and CARD.md, recomputed from logits by hand.
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = lm.heldout_rows(docs, tok, SMOKE.n_ctx, tok.bos_token_id)
+    with torch.no_grad():
+        logits = model(rows)
+    loss = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(),
+                                 rows[:, 1:].reshape(-1)))
+    assert loss == pytest.approx(metrics["model"]["heldout_loss"], abs=1e-4)
+    assert f"{metrics['model']['heldout_loss']:.3f} nats/token" in (out / "CARD.md").read_text()
+    assert "PSF License" in (out / "SOURCES.md").read_text()
+
+
+def test_smoke_build_is_deterministic(smoke_packs):
+    a, b = smoke_packs
+
+    def files(root: Path) -> list[Path]:  # all but the two that record the build's timings
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and p.name not in ("CARD.md", "metrics.json"))
+
+    assert files(a) == files(b) and any(p.suffix == ".safetensors" for p in files(a))
+    for rel in files(a):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
