@@ -162,7 +162,8 @@ LIMIT_CASES = [
             "model": "demo",
             "sae_set": "res",
             "prompt": TEXT,
-            "features": [{"layer": 0, "index": i, "ablate": True} for i in range(33)],
+            "features": [{"layer": 0, "index": i, "ablate": True, "steer_all_prompt_positions": True}
+                         for i in range(33)],
         },
         "FEATURESCOPE_MAX_STEER_FEATURES",
     ),

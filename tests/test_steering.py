@@ -161,6 +161,15 @@ def test_no_interventions_give_the_default_run_exactly(backend):
     assert backend.steer(req).default_ids == r.default_ids, "a seed reproduces the sampled run"
 
 
+def most_active_feature(loaded, sae, hook_name: str) -> int:
+    """The feature with the largest total activation on TEXT past BOS (so scaling it must matter,
+    whichever demo pack is installed)."""
+    with loaded.use(30) as model, torch.inference_mode():
+        _, cache = model.run_with_cache(model.to_tokens(TEXT), names_filter=hook_name)
+        z = sae.encode(cache[hook_name])[0, 1:]
+    return int(z.sum(0).argmax())
+
+
 def independent_logits(model, tokens, sae, layer, f, new_value, positions, frozen=None):
     """Steered logits with a hand-written hook: resid + (new - a) * W_dec[f] at `positions`."""
     hook_name = f"blocks.{layer}.hook_resid_post"
@@ -182,7 +191,8 @@ def independent_logits(model, tokens, sae, layer, f, new_value, positions, froze
 def test_metrics_agree_with_an_independent_computation(backend, demo, freeze):
     loaded, _, _ = demo
     (sae,) = backend.models.dictionaries(loaded, backend.model_entry("demo").sae_set("res"), [0])
-    feature = {"layer": 0, "index": 9, "alpha": 6.0, "steer_all_prompt_positions": True}
+    f = most_active_feature(loaded, sae.sae, "blocks.0.hook_resid_post")
+    feature = {"layer": 0, "index": f, "alpha": 6.0, "steer_all_prompt_positions": True}
     r = backend.steer(
         SteerRequest(
             model="demo",
@@ -212,7 +222,7 @@ def test_metrics_agree_with_an_independent_computation(backend, demo, freeze):
             default = model(tokens)[0]
         positions = list(range(1, tokens.shape[1]))  # every prompt position but BOS
         steered = independent_logits(
-            model, tokens, sae.sae, 0, 9, lambda a: a * 6.0, positions, frozen=patterns if freeze else None
+            model, tokens, sae.sae, 0, f, lambda a: a * 6.0, positions, frozen=patterns if freeze else None
         )
     assert r.interventions[0].prompt_positions == positions
     ce_d = F.cross_entropy(default[:-1], tokens[0, 1:])
