@@ -12,14 +12,17 @@ st.set_page_config(page_title="Featurescope", page_icon=":material/biotech:", la
 PAGES = {
     "highlighter": st.Page("pages/highlighter.py", title="Text highlighter", icon=":material/format_color_text:",
                            default=True, url_path="highlighter"),
+    "features": st.Page("pages/features.py", title="Feature browser", icon=":material/manage_search:",
+                        url_path="features"),
     "system": st.Page("pages/system.py", title="System", icon=":material/memory:", url_path="system"),
 }
 state.PAGES.clear()
 state.PAGES.update(PAGES)
 
 navigation = st.navigation({
-    "Explore": [PAGES["highlighter"]],
+    "Explore": [PAGES["highlighter"], PAGES["features"]],
     "Settings": [PAGES["system"]],
 })
+state.snapshot_query_params()
 st.session_state["selection"] = render_sidebar()
 navigation.run()

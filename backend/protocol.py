@@ -72,12 +72,6 @@ class Backend(Protocol):
 class PendingMethods:
     """Mixin for backends still growing: each method not yet built says so politely."""
 
-    def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
-        raise NotImplementedYet("feature", "The feature browser")
-
-    def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
-        raise NotImplementedYet("search", "Feature search")
-
     def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
         raise NotImplementedYet("steer", "Steering")
 

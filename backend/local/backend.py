@@ -22,11 +22,15 @@ from backend.schemas import (
     AnalyzeResult,
     CatalogResult,
     EstimateRequest,
+    FeatureRequest,
+    FeatureResult,
     InfoResult,
     LoadedModelInfo,
     MemoryEstimate,
     ModelInfo,
     SaeSetInfo,
+    SearchRequest,
+    SearchResult,
     TranscoderSetInfo,
     UnloadRequest,
 )
@@ -208,3 +212,19 @@ class LocalBackend(PendingMethods):
                              tracked=tracked, window=tokens.window, label=loaded.label,
                              elapsed_ms=timer.ms())
 
+    # ------------------------------------------------------------------ feature browser (backend/corpus)
+    @functools.cached_property
+    def stores(self):
+        from backend.corpus.dashboard import StoreRegistry
+
+        return StoreRegistry(self.settings.store_dir())
+
+    def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
+        from backend.corpus import dashboard
+
+        return dashboard.feature(self, req, progress)
+
+    def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
+        from backend.corpus import dashboard
+
+        return dashboard.search(self, req, progress)
