@@ -47,8 +47,10 @@ EDGES = np.concatenate([[0.0], _INNER, [np.inf]]).astype(np.float32)
 
 N_PROBE = 64
 
-CHUNK = {TOKENS: 65536, DOC_OFFSETS: 16384, DOC_META: 65536, DOC_META_OFFSETS: 16384, Z_IDX: 2048, Z_VAL: 2048,
-         INDEX_OFFSETS: 8192, INDEX_TOKEN: 16384, INDEX_VALUE: 16384, STAT_COUNT: 8192, STAT_SUM: 8192,
+# Chunk rows: small enough that an example's context (a few rows) decodes little, large enough that
+# a sequential scan is not dominated by per-chunk overhead.
+CHUNK = {TOKENS: 8192, DOC_OFFSETS: 8192, DOC_META: 16384, DOC_META_OFFSETS: 8192, Z_IDX: 512, Z_VAL: 512,
+         INDEX_OFFSETS: 8192, INDEX_TOKEN: 8192, INDEX_VALUE: 8192, STAT_COUNT: 8192, STAT_SUM: 8192,
          STAT_MAX: 8192, STAT_HIST: 512}
 
 

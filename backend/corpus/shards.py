@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
@@ -140,25 +140,34 @@ def build_shard(spec: dict[str, Any], path: Path, *, backend: Any | None = None,
     try:
         docs = spec["docs"]
         writer.add_documents([np.asarray(d["ids"], np.int64) for d in docs], [d.get("meta") or {} for d in docs])
-        rows, valid = windows([d["ids"] for d in docs], int(spec["seq_len"]), bos, pad)
-        step = int(spec["batch_rows"])
-        device = model.cfg.device
-        for b, a in enumerate(range(0, len(rows), step)):
-            ids_t = torch.as_tensor(rows[a:a + step], device=device)
-            valid_t = torch.as_tensor(valid[a:a + step], device=device)
-            with loaded.use(backend.limits.lock_timeout_s) as m:
-                captured = encode_batch(m, dictionaries, ids_t, valid_t, k)
-            for layer in layers:
-                z_idx, z_val, stats = captured[layer]
-                writer.add_activations(layer, z_idx, z_val, stats)
-            if on_tokens is not None:
-                on_tokens(int(valid[a:a + step].sum()))
-            faults.checkpoint("shard-batch", spec["shard"], b)
+        encode_documents(lambda: loaded.use(backend.limits.lock_timeout_s), dictionaries, [d["ids"] for d in docs],
+                         writer, seq_len=int(spec["seq_len"]), bos=bos, pad=pad, batch_rows=int(spec["batch_rows"]),
+                         k=k, on_tokens=on_tokens, shard=int(spec["shard"]))
         progress(None, f"Indexing shard {spec['shard']}…")
         return writer.finish()
     except BaseException:
         writer.abort()
         raise
+
+
+def encode_documents(use: Callable[[], ContextManager[Any]], dictionaries: Sequence[Any],
+                     docs: Sequence[Sequence[int]], writer: StoreWriter, *, seq_len: int, bos: int | None, pad: int,
+                     batch_rows: int, k: int, on_tokens: Callable[[int], None] | None = None, shard: int = 0) -> None:
+    """Every document's windows through the model (`use()` holds it), `batch_rows` at a time; each
+    batch's rows and statistics appended to `writer`, in corpus order."""
+    rows, valid = windows(docs, seq_len, bos, pad)
+    for b, a in enumerate(range(0, len(rows), batch_rows)):
+        with use() as model:
+            device = model.cfg.device
+            ids_t = torch.as_tensor(rows[a:a + batch_rows], device=device)
+            valid_t = torch.as_tensor(valid[a:a + batch_rows], device=device)
+            captured = encode_batch(model, dictionaries, ids_t, valid_t, k)
+        for d in dictionaries:
+            z_idx, z_val, stats = captured[d.layer]
+            writer.add_activations(d.layer, z_idx, z_val, stats)
+        if on_tokens is not None:
+            on_tokens(int(valid[a:a + batch_rows].sum()))
+        faults.checkpoint("shard-batch", shard, b)
 
 
 def build_shard_bytes(spec: dict[str, Any]) -> bytes:

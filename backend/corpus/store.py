@@ -73,9 +73,14 @@ class LayerView:
         self.group = store.f[L.layer_path(layer)]
         a = self.group.attrs
         self.d_sae, self.k, self.hook_name = int(a["d_sae"]), int(a["k"]), str(a["hook_name"])
+        self._handles: dict[str, h5py.Dataset] = {}
 
     def ds(self, name: str) -> h5py.Dataset:
-        return self.group[name]
+        """A dataset of this layer (handles are kept: looking one up costs more than a small read)."""
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = self.group[name]
+        return handle
 
     def spec(self) -> LayerSpec:
         return LayerSpec(self.layer, self.d_sae, self.k, self.hook_name, self.probe)
@@ -121,8 +126,8 @@ class LayerView:
         base, n = int(self.offsets[feature]), self.n_entries(feature)
         start, stop = max(0, min(start, n)), max(0, min(stop, n))
         with reading(self.store.path):
-            tokens = self.group[L.INDEX_TOKEN][base + start:base + stop].astype(np.int64)
-            values = self.group[L.INDEX_VALUE][base + start:base + stop]
+            tokens = self.ds(L.INDEX_TOKEN)[base + start:base + stop].astype(np.int64)
+            values = self.ds(L.INDEX_VALUE)[base + start:base + stop]
         if len(tokens) and (tokens.max() >= self.store.n_tokens or not np.all(np.diff(values) <= 0)):
             raise StoreError(f"The index of layer {self.layer} in {self.store.path} is corrupt. "
                              f"{rebuild_advice(self.store.path)}")
@@ -134,15 +139,15 @@ class LayerView:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         base = int(self.offsets[feature])
         with reading(self.store.path):
-            tokens = self.group[L.INDEX_TOKEN][base + ranks].astype(np.int64)
-            values = self.group[L.INDEX_VALUE][base + ranks]
+            tokens = self.ds(L.INDEX_TOKEN)[base + ranks].astype(np.int64)
+            values = self.ds(L.INDEX_VALUE)[base + ranks]
         return tokens, values
 
     def first_rank_below(self, feature: int, threshold: float) -> int:
         """The first rank whose value is < threshold (values descend), by bisection on the file."""
         lo, hi = 0, self.n_entries(feature)
         base = int(self.offsets[feature])
-        ds = self.group[L.INDEX_VALUE]
+        ds = self.ds(L.INDEX_VALUE)
         with reading(self.store.path):
             while lo < hi:
                 mid = (lo + hi) // 2
@@ -154,18 +159,18 @@ class LayerView:
 
     def hist_row(self, feature: int) -> np.ndarray:
         with reading(self.store.path):
-            return self.group[L.STAT_HIST][feature]
+            return self.ds(L.STAT_HIST)[feature]
 
     def total(self, feature: int) -> float:
         with reading(self.store.path):
-            return float(self.group[L.STAT_SUM][feature])
+            return float(self.ds(L.STAT_SUM)[feature])
 
     def activations(self, feature: int, start: int, stop: int) -> np.ndarray:
         """The feature's activation on tokens [start, stop), from the token-major rows (0 where it is
         not among a token's top-k)."""
         with reading(self.store.path):
-            idx = self.group[L.Z_IDX][start:stop]
-            val = self.group[L.Z_VAL][start:stop]
+            idx = self.ds(L.Z_IDX)[start:stop]
+            val = self.ds(L.Z_VAL)[start:stop]
         hit = idx == feature
         return np.where(hit, val, 0).sum(axis=1).astype(np.float32)
 
@@ -184,13 +189,14 @@ class CorpusStore:
             raise StoreError(f"{self.path} is not a readable HDF5 corpus store ({first}); it may be truncated "
                              f"by an interrupted build or copy. {rebuild_advice(self.path)}",
                              path=str(self.path)) from exc
+        self._layers: dict[int, LayerView] = {}
+        self._handles: dict[str, h5py.Dataset] = {}
         try:
             with reading(self.path):
                 self._validate()
         except BaseException:
             self.f.close()
             raise
-        self._layers: dict[int, LayerView] = {}
 
     def _validate(self) -> None:
         refuse_links(self.f, self.path)
@@ -220,7 +226,9 @@ class CorpusStore:
                              f"{rebuild_advice(self.path)}")
         self.layer_ids = sorted(int(name) for name in self.f["layers"]) if "layers" in self.f else []
         for layer in self.layer_ids:
-            LayerView(self, layer).validate(self.n_tokens)
+            view = LayerView(self, layer)
+            view.validate(self.n_tokens)
+            self._layers[layer] = view
 
     # ---------------------------------------------------------------- attributes
     def raw_attrs(self) -> dict[str, Any]:
@@ -254,7 +262,10 @@ class CorpusStore:
         return self._layers[layer]
 
     def ds(self, name: str) -> h5py.Dataset:
-        return self.f[name]
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = self.f[name]
+        return handle
 
     # ---------------------------------------------------------------- documents
     @functools.cached_property
@@ -264,11 +275,18 @@ class CorpusStore:
         with reading(self.path):
             return self.f[L.DOC_OFFSETS][:]
 
+    @functools.cached_property
+    def _meta_offsets(self) -> np.ndarray | None:
+        if self.n_docs > DOC_CACHE_LIMIT:
+            return None
+        with reading(self.path):
+            return self.f[L.DOC_META_OFFSETS][:]
+
     def doc_of(self, token: int) -> int:
         offs = self._doc_offsets
         if offs is not None:
             return int(np.searchsorted(offs, token, side="right")) - 1
-        ds, lo, hi = self.f[L.DOC_OFFSETS], 0, self.n_docs
+        ds, lo, hi = self.ds(L.DOC_OFFSETS), 0, self.n_docs
         with reading(self.path):
             while lo < hi:  # last doc whose start <= token
                 mid = (lo + hi + 1) // 2
@@ -283,17 +301,18 @@ class CorpusStore:
         if offs is not None:
             return int(offs[doc]), int(offs[doc + 1])
         with reading(self.path):
-            a, b = self.f[L.DOC_OFFSETS][doc:doc + 2]
+            a, b = self.ds(L.DOC_OFFSETS)[doc:doc + 2]
         return int(a), int(b)
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
         with reading(self.path):
-            return self.f[L.TOKENS][start:stop].astype(np.int64)
+            return self.ds(L.TOKENS)[start:stop].astype(np.int64)
 
     def meta(self, doc: int) -> dict[str, Any]:
+        offs = self._meta_offsets
         with reading(self.path):
-            a, b = self.f[L.DOC_META_OFFSETS][doc:doc + 2]
-            raw = self.f[L.DOC_META][int(a):int(b)].tobytes()
+            a, b = offs[doc:doc + 2] if offs is not None else self.ds(L.DOC_META_OFFSETS)[doc:doc + 2]
+            raw = self.ds(L.DOC_META)[int(a):int(b)].tobytes()
         try:
             value = json.loads(raw.decode("utf-8"))
         except ValueError as exc:
