@@ -67,19 +67,22 @@ def render_stats(result: FeatureResult) -> None:
 
 
 def histogram_figure(hist: Histogram, bands: Sequence[tuple[float, float]] = ()) -> go.Figure:
-    """Counts per activation bin (log-spaced bins drawn on a log axis)."""
-    edges, counts = hist.bin_edges, hist.counts
+    """Counts per activation bin. Log-spaced bins are drawn on a log axis; the bin of activations
+    below the first edge (0 to 1e-4) is drawn one bin width lower."""
+    edges, counts = list(hist.bin_edges), hist.counts
+    log_x = hist.log_bins and len(edges) > 2
+    if log_x and edges[0] <= 0:
+        edges[0] = edges[1] * edges[1] / edges[2]
     lows, highs = edges[:-1], edges[1:]
-    mids = [(lo * hi) ** 0.5 if hist.log_bins and lo > 0 else (lo + hi) / 2 for lo, hi in zip(lows, highs)]
+    mids = [(lo * hi) ** 0.5 if log_x else (lo + hi) / 2 for lo, hi in zip(lows, highs)]
     widths = [hi - lo for lo, hi in zip(lows, highs)]
+    shown_lows = list(hist.bin_edges[:-1])
     fig = go.Figure(go.Bar(x=mids, y=counts, width=widths, marker_color="#e67e22",
-                           customdata=[[lo, hi] for lo, hi in zip(lows, highs)],
+                           customdata=[[lo, hi] for lo, hi in zip(shown_lows, highs)],
                            hovertemplate="%{customdata[0]:.3g}–%{customdata[1]:.3g}: %{y:,} tokens<extra></extra>"))
-    log_x = hist.log_bins and edges[0] > 0
     for i, (lo, hi) in enumerate(bands):  # the quantile bands, shaded in turn
         if i % 2 == 0:
-            fig.add_vrect(x0=lo if lo > 0 or not log_x else edges[0], x1=hi, line_width=0, fillcolor="#3498db",
-                          opacity=0.07)
+            fig.add_vrect(x0=max(lo, edges[0]), x1=hi, line_width=0, fillcolor="#3498db", opacity=0.07)
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), bargap=0.05,
                       xaxis=dict(title="activation" + (" (log scale)" if log_x else ""), type="log" if log_x else "linear"),
                       yaxis=dict(title="tokens"), title=dict(text="Activation histogram", font=dict(size=13)))

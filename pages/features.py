@@ -144,9 +144,10 @@ def main() -> None:
     if not options:
         st.info(f"{model.display_name} has no SAE or per-layer transcoder set. Pick another model.")
         return
-    linked_model = url_news("model")
-    if linked_model and linked_model != model.id:
+    linked_model = state.query_param_at_start("model")
+    if linked_model not in (None, model.id, st.session_state.get("fb_model_last")):
         st.info(f"The link is for model '{linked_model}'; pick it in the sidebar to open its feature.")
+    st.session_state["fb_model_last"] = model.id
     set_id = choose_set(model, options, selection.sae_set)
     name, layers, width = options[set_id]
     feature = pick_feature(model, set_id, layers, width)

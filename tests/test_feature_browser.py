@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -116,3 +117,11 @@ def test_example_tokens_are_escaped():
     assert "<script" not in markup and "<img" not in markup and "<b>" not in markup
     assert "&lt;script&gt;" in markup and "&lt;b&gt;me&lt;/b&gt;" in markup
     assert [t for t, _ in shown_examples(markup)[0]] == ["<script>", "alert(1)", "</script>", "↵<img src=x onerror=alert(1)>"]
+
+
+def test_the_highlighter_links_a_selected_feature_to_the_browser(hf_cache):
+    at = app(model="demo", sae_set="res", text="Link me to the browser.", feature="1:7", layer="1").run()
+    assert not at.exception, at.exception
+    (link,) = [e.proto for e in at.get("page_link") if e.proto.label == "Feature browser"]
+    assert link.page == "features"
+    assert dict(parse_qsl(link.query_string)) == {"model": "demo", "sae_set": "res", "feature": "1:7"}

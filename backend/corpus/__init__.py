@@ -38,7 +38,7 @@ Shard spec (a JSON-able dict; what `--executor modal` sends to Modal)
      "layers": [6, 8],             layers to encode
      "k": 32,                      features kept per token (token-major rows)
      "seq_len": 128,               window length, BOS included when prepend_bos
-     "prepend_bos": true,
+     "prepend_bos": true,          the set's prepend_bos; else true unless the set runs fixed windows
      "batch_rows": 64,             windows per forward pass
      "docs": [{"ids": [464, 2068, ...], "meta": {"stars": 5}}, ...],   token ids (no BOS) + metadata
      "expect": {"model_probe": [...]}   optional: refuse to run on other weights}

@@ -79,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backend() -> Any:
+    """A LocalBackend with the settings of the environment as it is now."""
     from backend.local import LocalBackend
+    from backend.settings import Settings
 
-    return LocalBackend()
+    return LocalBackend(Settings())
 
 
 def _build(args: argparse.Namespace, progress: Any) -> dict[str, Any]:

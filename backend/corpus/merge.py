@@ -28,9 +28,19 @@ COPY_ROWS = 1 << 18
 SHARD_ONLY_ATTRS = {"kind", "shard", "doc_start", "n_tokens", "n_docs", "complete", "format", "version"}
 
 
+def _same_weights(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None) == (b is None) and (a is None or L.probes_match(a, b))
+
+
 def _check_compatible(parts: list[CorpusStore]) -> None:
     first = parts[0]
     for p in parts[1:]:
+        if not _same_weights(first.model_probe, p.model_probe) or any(
+                not _same_weights(first.layer(x).probe, p.layer(x).probe) for x in first.layer_ids
+                if x in p.layer_ids):
+            raise StoreError(f"Shard {p.path.name} was encoded with other weights than {first.path.name}. "
+                             "Deploy the same model and SAE files to every worker, delete the parts folder and "
+                             "build again.")
         if p.layer_ids != first.layer_ids:
             raise StoreError(f"Shard {p.path.name} has layers {p.layer_ids}, {first.path.name} has "
                              f"{first.layer_ids}: these shards come from different builds.")
