@@ -125,3 +125,17 @@ def test_the_highlighter_links_a_selected_feature_to_the_browser(hf_cache):
     (link,) = [e.proto for e in at.get("page_link") if e.proto.label == "Feature browser"]
     assert link.page == "features"
     assert dict(parse_qsl(link.query_string)) == {"model": "demo", "sae_set": "res", "feature": "1:7"}
+
+
+def test_search_by_explanation_words_lists_matching_features(hf_cache, backend):
+    backend.explanations.save("demo", "res", 1, 33, "Closing brackets of Python calls")
+    try:
+        at = browser(model="demo", sae_set="res")
+        at.text_input(key="fb_search_words").input("closing bracket")
+        [b for b in at.button if b.label == "Search"][1].click().run()
+        assert not at.exception, at.exception
+        frame = at.dataframe[0].value
+        assert list(frame["feature"]) == ["1:33"]
+        assert list(frame["explanation"]) == ["Closing brackets of Python calls"]
+    finally:
+        backend.explanations.save("demo", "res", 1, 33, "")

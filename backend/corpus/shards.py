@@ -32,6 +32,7 @@ from backend.protocol import Progress, no_progress
 
 SPEC_FORMAT = "featurescope-shard-spec"
 SPEC_VERSION = 1
+STATS_ROWS = 2048  # tokens per step of the statistics (dense activations of one step stay small)
 SPEC_FIELDS = ("format", "version", "shard", "model", "sae_set", "layers", "k", "seq_len", "prepend_bos",
                "batch_rows", "doc_start", "docs")
 
@@ -80,16 +81,26 @@ def encode_batch(model: Any, dictionaries: Sequence[Any], ids: torch.Tensor, val
         def hook(act: torch.Tensor, hook: Any) -> None:
             z = d.encode(act)[valid]
             top = torch.topk(z, min(k, d.d_sae), dim=-1)
-            firing = z > 0
-            rows, cols = firing.nonzero(as_tuple=True)
-            bins = torch.bucketize(z[rows, cols].float(), inner, right=True)
-            hist = torch.zeros(d.d_sae * L.N_BINS, dtype=torch.int64, device=z.device)
-            hist.index_add_(0, cols * L.N_BINS + bins, torch.ones_like(bins))
-            stats = (firing.sum(0), torch.where(firing, z, 0).sum(0, dtype=torch.float64),
-                     z.max(0).values.clamp(min=0).float() if len(z) else torch.zeros(d.d_sae), hist)
+            dev = z.device
+            count = torch.zeros(d.d_sae, dtype=torch.int64, device=dev)
+            total = torch.zeros(d.d_sae, dtype=torch.float64, device=dev)
+            peak = torch.zeros(d.d_sae, dtype=torch.float32, device=dev)
+            hist = torch.zeros(d.d_sae * L.N_BINS, dtype=torch.int64, device=dev)
+            for r in range(0, len(z), STATS_ROWS):  # bounded memory, whatever the SAE's density
+                part = z[r:r + STATS_ROWS]
+                rows, cols = (part > 0).nonzero(as_tuple=True)  # the one dense pass: the rest is sparse
+                vals = part[rows, cols].float()
+                count += torch.bincount(cols, minlength=d.d_sae)
+                if dev.type == "cuda":  # index_add_ of floats uses atomics there: sum densely, in order
+                    total += part.clamp(min=0).sum(0, dtype=torch.float64)
+                else:
+                    total.index_add_(0, cols, vals.double())
+                peak.scatter_reduce_(0, cols, vals, reduce="amax")
+                bins = torch.bucketize(vals, inner, right=True)
+                hist.index_add_(0, cols * L.N_BINS + bins, torch.ones_like(bins))
             out[d.layer] = (top.indices.cpu().numpy(), top.values.float().cpu().numpy(),
-                            tuple(s.cpu().numpy() for s in stats[:3]) +
-                            (stats[3].reshape(d.d_sae, L.N_BINS).cpu().numpy(),))
+                            (count.cpu().numpy(), total.cpu().numpy(), peak.cpu().numpy(),
+                             hist.reshape(d.d_sae, L.N_BINS).cpu().numpy()))
 
         return hook
 
