@@ -119,7 +119,7 @@ def count_tokens(source: SourceSpec, tok: Any, max_docs: int | None, max_tokens:
                  progress: Progress) -> tuple[np.ndarray, int]:
     """(token count of each document used, number of documents in the source)."""
     counts: list[int] = []
-    total_docs, used_tokens, full = 0, 0, False
+    total_docs, used_tokens, full, shown = 0, 0, False, 0.0
     for batch in _batched(documents(source), TOKENIZE_BATCH):
         total_docs += len(batch)
         if full:
@@ -131,7 +131,9 @@ def count_tokens(source: SourceSpec, tok: Any, max_docs: int | None, max_tokens:
                 break
             counts.append(len(ids))
             used_tokens += len(ids)
-        progress(None, f"Counting tokens: {len(counts):,} documents, {used_tokens:,} tokens…")
+        if time.monotonic() - shown > 0.5:
+            shown = time.monotonic()
+            progress(None, f"Counting tokens: {len(counts):,} documents, {used_tokens:,} tokens…")
     if not counts:
         raise InvalidRequest(f"The source {source.source} holds no documents with text.")
     return np.array(counts, np.int64), total_docs
