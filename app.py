@@ -17,6 +17,8 @@ if not gate.allowed(settings):  # a visitor without access gets the sign-in page
 PAGES = {
     "highlighter": st.Page("pages/highlighter.py", title="Text highlighter", icon=":material/format_color_text:",
                            default=True, url_path="highlighter"),
+    "features": st.Page("pages/features.py", title="Feature browser", icon=":material/manage_search:",
+                        url_path="features"),
     "steer": st.Page("pages/steer.py", title="Steering", icon=":material/tune:", url_path="steer"),
     "compare": st.Page("pages/compare.py", title="Model compare", icon=":material/compare_arrows:",
                        url_path="compare"),
@@ -26,10 +28,10 @@ state.PAGES.clear()
 state.PAGES.update(PAGES)
 
 navigation = st.navigation({
-    "Explore": [PAGES["highlighter"], PAGES["steer"], PAGES["compare"]],
+    "Explore": [PAGES["highlighter"], PAGES["features"], PAGES["steer"], PAGES["compare"]],
     "Settings": [PAGES["system"]],
 })
-st.session_state["url_before_sidebar"] = st.query_params.to_dict()  # the sidebar rewrites model/sae_set
+state.snapshot_query_params()  # before the sidebar rewrites model/sae_set
 st.session_state["selection"] = render_sidebar()
 with st.sidebar:
     gate.render_account(settings)

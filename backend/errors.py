@@ -109,6 +109,14 @@ class Unauthorized(BackendError):
     status = 401
 
 
+class StoreError(BackendError):
+    """A corpus activation store is missing parts, damaged, unsafe (external links) or was built
+    for another model or dictionary; the message says how to rebuild it."""
+
+    kind = "store_error"
+    status = 409
+
+
 class RemoteUnavailable(BackendError):
     """The remote backend could not be reached."""
 
@@ -138,6 +146,7 @@ _BY_KIND: dict[str, type[BackendError]] = {
         Busy,
         OutOfMemory,
         Unauthorized,
+        StoreError,
         RemoteUnavailable,
         UploadFailed,
     )

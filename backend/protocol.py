@@ -82,12 +82,6 @@ class Backend(Protocol):
 class PendingMethods:
     """Mixin for backends still growing: each method not yet built says so politely."""
 
-    def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
-        raise NotImplementedYet("feature", "The feature browser")
-
-    def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
-        raise NotImplementedYet("search", "Feature search")
-
     def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
         raise NotImplementedYet("sweep", "The alpha sweep")
 

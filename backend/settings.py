@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         description="Where stores, built demo packs, saved explanations and graphs live.",
     )
     demo_dir: Path = Field(REPO_ROOT / "assets" / "demo", description="The offline demo pack.")
+    demo_store_max_tokens: int = Field(
+        2_000_000, ge=1, description="Tokens of the demo pack's corpus encoded when its corpus store is built "
+                                     "on first use (the rest is left out, and results say so).")
 
     limits: Limits = Field(default_factory=Limits)
 

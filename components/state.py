@@ -148,6 +148,18 @@ def query_param(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def snapshot_query_params() -> None:
+    """Remember the URL's parameters as this run found them, before the sidebar rewrites any
+    (app.py calls this first), so a page can honour a link's `sae_set` the sidebar does not list."""
+    st.session_state["_run_query"] = {k: st.query_params.get(k) for k in st.query_params}
+
+
+def query_param_at_start(name: str) -> str | None:
+    """A URL parameter as it was when this run started (see `snapshot_query_params`)."""
+    value = st.session_state.get("_run_query", {}).get(name)
+    return value if value not in (None, "") else None
+
+
 def set_query_params(**values: Any) -> None:
     """Put shareable state in the URL; None removes a parameter."""
     for name, value in values.items():

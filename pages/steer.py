@@ -46,15 +46,14 @@ def follow_link(sets: dict[str, str], set_key: str, sidebar_set: str | None) -> 
     and the first intervention; returns the (feature, position) the interventions start from.
 
     The URL is read as it was before the sidebar rewrote `sae_set` (a link may name a transcoder set)."""
-    url = st.session_state.get("url_before_sidebar", {})
-    raw = url.get("position")
-    link = (url.get("feature") or None, int(raw) if raw and str(raw).isdigit() else None)
+    raw = state.query_param_at_start("position")
+    link = (state.query_param_at_start("feature"), int(raw) if raw and raw.isdigit() else None)
     if st.session_state.get("st_link") != link:
         st.session_state["st_link"] = st.session_state["st_rows_from"] = link
-        if url.get("sae_set") in sets:
-            st.session_state[set_key] = url["sae_set"]
-        if url.get("prompt"):
-            st.session_state["st_prompt"] = url["prompt"]
+        if state.query_param_at_start("sae_set") in sets:
+            st.session_state[set_key] = state.query_param_at_start("sae_set")
+        if state.query_param_at_start("prompt"):
+            st.session_state["st_prompt"] = state.query_param_at_start("prompt")
     if set_key not in st.session_state:
         st.session_state[set_key] = sidebar_set if sidebar_set in sets else next(iter(sets))
     if "st_prompt" not in st.session_state:

@@ -21,6 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _name in list(os.environ):
     if _name.startswith("FEATURESCOPE_") and _name != "FEATURESCOPE_DATA_DIR":
         del os.environ[_name]
+# The demo model's corpus store is built on first use from the pack's corpus: a few thousand tokens
+# are enough for the tests, whatever the size of the installed pack's corpus.
+os.environ["FEATURESCOPE_DEMO_STORE_MAX_TOKENS"] = "12000"
 
 import pytest  # noqa: E402
 

@@ -26,6 +26,8 @@ from backend.schemas import (
     EstimateRequest,
     ExperimentRequest,
     ExperimentResult,
+    FeatureRequest,
+    FeatureResult,
     InfoResult,
     LoadedModelInfo,
     MemoryEstimate,
@@ -35,6 +37,8 @@ from backend.schemas import (
     SteerResult,
     SteerSweepRequest,
     SteerSweepResult,
+    SearchRequest,
+    SearchResult,
     TranscoderSetInfo,
     UnloadRequest,
 )
@@ -232,3 +236,20 @@ class LocalBackend(PendingMethods):
         from backend.experiments.runner import run_request
 
         return run_request(self, req, progress)
+
+    # ------------------------------------------------------------------ feature browser (backend/corpus)
+    @functools.cached_property
+    def stores(self):
+        from backend.corpus.dashboard import StoreRegistry
+
+        return StoreRegistry(self.settings.store_dir())
+
+    def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
+        from backend.corpus import dashboard
+
+        return dashboard.feature(self, req, progress)
+
+    def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
+        from backend.corpus import dashboard
+
+        return dashboard.search(self, req, progress)

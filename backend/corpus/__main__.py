@@ -1,0 +1,5 @@
+import sys
+
+from backend.corpus.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""One shard: its documents' tokens run through the model and the dictionaries, written as a store.
+
+A shard is described by a JSON-able spec (see `backend.corpus` for its fields), so the same spec
+runs in this process (`--executor local`) or in a Modal container, where deploy/modal_app.py
+calls `build_shard_bytes(spec)` and returns the shard's HDF5 file as bytes.
+
+Documents are cut into windows of `seq_len` tokens (a BOS first when `prepend_bos`), right-padded
+to `seq_len` and run `batch_rows` windows at a time, each batch under the model's lock with the
+dictionaries hooked in. Each hook keeps, per real token, the top-k features (token-major rows)
+and adds the dense activations to the statistics (count, sum, max and histogram of every firing
+activation), on the device; only that leaves it.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ContextManager
+
+import numpy as np
+import torch
+
+from backend.corpus import faults
+from backend.corpus import layout as L
+from backend.corpus import sets
+from backend.corpus.writer import LayerSpec, StoreWriter
+from backend.errors import InvalidRequest, StoreError
+from backend.local.analysis import stop_layer
+from backend.protocol import Progress, no_progress
+
+SPEC_FORMAT = "featurescope-shard-spec"
+SPEC_VERSION = 1
+STATS_ROWS = 2048  # tokens per step of the statistics (dense activations of one step stay small)
+SPEC_FIELDS = ("format", "version", "shard", "model", "sae_set", "layers", "k", "seq_len", "prepend_bos",
+               "batch_rows", "doc_start", "docs")
+
+
+def check_spec(spec: dict[str, Any]) -> None:
+    missing = [f for f in SPEC_FIELDS if f not in spec]
+    if missing:
+        raise InvalidRequest(f"Shard spec lacks {missing}.")
+    if spec["format"] != SPEC_FORMAT or int(spec["version"]) != SPEC_VERSION:
+        raise InvalidRequest(f"Shard spec is {spec['format']} v{spec['version']}; this version runs "
+                             f"{SPEC_FORMAT} v{SPEC_VERSION}. Deploy the same Featurescope version.")
+    if int(spec["seq_len"]) < 1 + bool(spec["prepend_bos"]) or int(spec["batch_rows"]) < 1 or int(spec["k"]) < 1:
+        raise InvalidRequest("Shard spec: seq_len, batch_rows and k must be positive (seq_len > 1 with BOS).")
+
+
+def tensor_probe(t: torch.Tensor) -> np.ndarray:
+    """A few values of a weight tensor at fixed positions (see layout.probes_match)."""
+    flat = torch.as_tensor(L.probe_positions(t.numel()))
+    index = torch.unravel_index(flat, t.shape)
+    return t.detach()[index].float().cpu().numpy()
+
+
+def windows(docs: Sequence[Sequence[int]], seq_len: int, bos: int | None, pad: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [n_windows, seq_len] of token ids, valid [n_windows, seq_len]): each document cut into
+    windows, a BOS first if given, padded; `valid` marks the documents' own tokens, in order."""
+    body = seq_len - (1 if bos is not None else 0)
+    rows, valid = [], []
+    for ids in docs:
+        for a in range(0, len(ids), body):
+            chunk = list(ids[a:a + body])
+            row = ([bos] if bos is not None else []) + chunk
+            mask = ([False] if bos is not None else []) + [True] * len(chunk)
+            rows.append(row + [pad] * (seq_len - len(row)))
+            valid.append(mask + [False] * (seq_len - len(mask)))
+    return np.array(rows, np.int64).reshape(-1, seq_len), np.array(valid, bool).reshape(-1, seq_len)
+
+
+def encode_batch(model: Any, dictionaries: Sequence[Any], ids: torch.Tensor, valid: torch.Tensor, k: int
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]]:
+    """One forward pass; per layer (z_idx, z_val, (count, sum, max, hist)) over the valid tokens."""
+    out: dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]] = {}
+    inner = torch.as_tensor(L.HIST_INNER, device=ids.device)
+
+    def make_hook(d: Any):
+        def hook(act: torch.Tensor, hook: Any) -> None:
+            z = d.encode(act)[valid]
+            top = torch.topk(z, min(k, d.d_sae), dim=-1)
+            dev = z.device
+            count = torch.zeros(d.d_sae, dtype=torch.int64, device=dev)
+            total = torch.zeros(d.d_sae, dtype=torch.float64, device=dev)
+            peak = torch.zeros(d.d_sae, dtype=torch.float32, device=dev)
+            hist = torch.zeros(d.d_sae * L.N_BINS, dtype=torch.int64, device=dev)
+            for r in range(0, len(z), STATS_ROWS):  # bounded memory, whatever the SAE's density
+                part = z[r:r + STATS_ROWS]
+                rows, cols = (part > 0).nonzero(as_tuple=True)  # the one dense pass: the rest is sparse
+                vals = part[rows, cols].float()
+                count += torch.bincount(cols, minlength=d.d_sae)
+                if dev.type == "cuda":  # index_add_ of floats uses atomics there: sum densely, in order
+                    total += part.clamp(min=0).sum(0, dtype=torch.float64)
+                else:
+                    total.index_add_(0, cols, vals.double())
+                peak.scatter_reduce_(0, cols, vals, reduce="amax")
+                bins = torch.bucketize(vals, inner, right=True)
+                hist.index_add_(0, cols * L.N_BINS + bins, torch.ones_like(bins))
+            out[d.layer] = (top.indices.cpu().numpy(), top.values.float().cpu().numpy(),
+                            (count.cpu().numpy(), total.cpu().numpy(), peak.cpu().numpy(),
+                             hist.reshape(d.d_sae, L.N_BINS).cpu().numpy()))
+
+        return hook
+
+    hooks = [(d.hook_name, make_hook(d)) for d in dictionaries]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        model(ids, return_type=None, stop_at_layer=stop_layer([d.hook_name for d in dictionaries]))
+    return out
+
+
+@functools.cache
+def _container_backend() -> Any:
+    """The LocalBackend of a process that only builds shards (a Modal container)."""
+    from backend.local import LocalBackend
+
+    return LocalBackend()
+
+
+def build_shard(spec: dict[str, Any], path: Path, *, backend: Any | None = None,
+                progress: Progress | None = None, on_tokens: Any = None) -> Path:
+    """Run the spec's documents through the model and write the shard store at `path`."""
+    check_spec(spec)
+    backend = backend or _container_backend()
+    progress = progress or no_progress
+    entry = backend.model_entry(spec["model"])
+    dset = sets.resolve(entry, spec["sae_set"], backend.pack() if entry.source == "demo" else None)
+    layers = [int(x) for x in spec["layers"]]
+    loaded = backend.load(entry.id, progress)
+    dictionaries = sets.load(backend.models, loaded, dset, layers, progress)
+    model = loaded.model
+    model_probe = tensor_probe(model.W_U)
+    probes = {d.layer: tensor_probe(d.w_dec) for d in dictionaries}
+    expected = spec.get("expect") or {}
+    if expected.get("model_probe") is not None and not L.probes_match(np.array(expected["model_probe"]),
+                                                                      model_probe):
+        raise StoreError(f"This process's {entry.display_name} has other weights than the build's first "
+                         "shards. Deploy the same model and SAE files everywhere.")
+    tok = model.tokenizer
+    bos = tok.bos_token_id if spec["prepend_bos"] else None
+    if spec["prepend_bos"] and bos is None:
+        raise InvalidRequest(f"{entry.display_name}'s tokenizer has no BOS token; build with prepend_bos off.")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    k = int(spec["k"])
+    specs = [LayerSpec(d.layer, d.d_sae, min(k, d.d_sae), d.hook_name, probes[d.layer]) for d in dictionaries]
+    attrs = {"kind": "shard", "shard": int(spec["shard"]), "doc_start": int(spec["doc_start"]),
+             "model": entry.id, "sae_set": dset.id, "dictionary_kind": dset.kind, "layers": layers,
+             "seq_len": int(spec["seq_len"]), "prepend_bos": bool(spec["prepend_bos"]), "k": k}
+    writer = StoreWriter(path, attrs=attrs, layers=specs, model_probe=model_probe)
+    try:
+        docs = spec["docs"]
+        writer.add_documents([np.asarray(d["ids"], np.int64) for d in docs], [d.get("meta") or {} for d in docs])
+        encode_documents(lambda: loaded.use(backend.limits.lock_timeout_s), dictionaries, [d["ids"] for d in docs],
+                         writer, seq_len=int(spec["seq_len"]), bos=bos, pad=pad, batch_rows=int(spec["batch_rows"]),
+                         k=k, on_tokens=on_tokens, shard=int(spec["shard"]))
+        progress(None, f"Indexing shard {spec['shard']}…")
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def encode_documents(use: Callable[[], ContextManager[Any]], dictionaries: Sequence[Any],
+                     docs: Sequence[Sequence[int]], writer: StoreWriter, *, seq_len: int, bos: int | None, pad: int,
+                     batch_rows: int, k: int, on_tokens: Callable[[int], None] | None = None, shard: int = 0) -> None:
+    """Every document's windows through the model (`use()` holds it), `batch_rows` at a time; each
+    batch's rows and statistics appended to `writer`, in corpus order."""
+    rows, valid = windows(docs, seq_len, bos, pad)
+    for b, a in enumerate(range(0, len(rows), batch_rows)):
+        with use() as model:
+            device = model.cfg.device
+            ids_t = torch.as_tensor(rows[a:a + batch_rows], device=device)
+            valid_t = torch.as_tensor(valid[a:a + batch_rows], device=device)
+            captured = encode_batch(model, dictionaries, ids_t, valid_t, k)
+        for d in dictionaries:
+            z_idx, z_val, stats = captured[d.layer]
+            writer.add_activations(d.layer, z_idx, z_val, stats)
+        if on_tokens is not None:
+            on_tokens(int(valid[a:a + batch_rows].sum()))
+        faults.checkpoint("shard-batch", shard, b)
+
+
+def build_shard_bytes(spec: dict[str, Any]) -> bytes:
+    """What the Modal function `featurescope/corpus_shard` returns: the shard's HDF5 file."""
+    with tempfile.TemporaryDirectory(prefix="featurescope-shard-") as tmp:
+        path = build_shard(spec, Path(tmp) / f"shard-{int(spec['shard']):05d}.h5")
+        return path.read_bytes()

@@ -1,0 +1,172 @@
+"""Feature browser: any feature's dashboard, picked by id, by a link, or by search.
+
+The URL holds the view (`model`, `sae_set`, `feature=L:I`), so links from the highlighter and the
+graph viewer (whose nodes are transcoder features: `sae_set` may name a transcoder set) open here.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend.schemas import FeatureRef, FeatureRequest, FeatureResult, LayerFeature, ModelInfo, SearchRequest
+from components import state
+from components.feature_dashboard import render_dashboard
+from components.feature_search import render_hits
+
+CACHE_SIZE = 32
+
+
+def dictionary_options(model: ModelInfo) -> dict[str, tuple[str, list[int], int | None]]:
+    """set id -> (display name, layers, number of features), SAE sets then per-layer transcoder sets."""
+    out = {s.id: (s.display_name, list(s.layers), s.d_sae) for s in model.sae_sets}
+    for t in model.transcoder_sets:
+        if t.kind == "per_layer":
+            out[t.id] = (f"{t.display_name} (transcoders)", list(range(model.n_layers or 0)), t.d_transcoder)
+    return out
+
+
+def url_news(name: str) -> str | None:
+    """The URL's value at the start of this run when it is not what this page last wrote there
+    (a link, an edited URL, a first visit); else None."""
+    value = state.query_param_at_start(name)
+    return value if value is not None and value != st.session_state.setdefault("fb_wrote", {}).get(name) else None
+
+
+def write_url(**values: str | None) -> None:
+    state.set_query_params(**values)
+    st.session_state.setdefault("fb_wrote", {}).update(values)
+
+
+def choose_set(model: ModelInfo, options: dict, sidebar_set: str | None) -> str:
+    key = f"fb_set::{model.id}"
+    from_url = url_news("sae_set")
+    if key not in st.session_state:
+        st.session_state[key] = next((s for s in (from_url, sidebar_set) if s in options), next(iter(options)))
+    elif from_url in options:
+        st.session_state[key] = from_url
+    elif st.session_state.get("fb_sidebar_last") not in (None, sidebar_set) and sidebar_set in options:
+        st.session_state[key] = sidebar_set  # the user picked another set in the sidebar
+    st.session_state["fb_sidebar_last"] = sidebar_set
+    return st.selectbox("Dictionary", list(options), key=key, format_func=lambda s: options[s][0])
+
+
+def open_feature(feature: tuple[int, int]) -> None:
+    if feature != st.session_state.get("fb_feature"):
+        st.session_state["fb_feature"] = feature
+        st.rerun()
+
+
+def pick_feature(model: ModelInfo, set_id: str, layers: list[int], width: int | None) -> tuple[int, int] | None:
+    raw = url_news("feature")
+    if raw:
+        try:
+            f = LayerFeature.parse(raw)
+            st.session_state["fb_feature"] = (f.layer, f.index)
+        except ValueError:
+            st.warning(f"The link's feature '{raw}' is not layer:index.")
+    feature = st.session_state.get("fb_feature")
+    if feature is not None and feature[0] not in layers:
+        st.warning(f"Layer {feature[0]} is not in this dictionary; its layers are {layers}.")
+        feature = st.session_state["fb_feature"] = None
+    layer_key, index_key = f"fb_layer::{model.id}::{set_id}", f"fb_index::{model.id}::{set_id}"
+    if feature is not None and st.session_state.get("fb_synced") != (set_id, feature):
+        st.session_state[layer_key], st.session_state[index_key] = feature
+        st.session_state["fb_synced"] = (set_id, feature)
+    with st.form("fb_pick", border=False):
+        c1, c2, c3 = st.columns([1, 1, 1], vertical_alignment="bottom")
+        layer = c1.selectbox("Layer", layers, key=layer_key)
+        top = (width - 1) if width else None
+        index = c2.number_input("Feature index", min_value=0, max_value=top, step=1, key=index_key)
+        if c3.form_submit_button("Open", type="primary"):
+            open_feature((int(layer), int(index)))
+    if feature is not None:
+        c1, c2, _ = st.columns([1, 1, 4])
+        if c1.button("← Previous", key="fb_prev", disabled=feature[1] == 0):
+            open_feature((feature[0], feature[1] - 1))
+        if c2.button("Next →", key="fb_next", disabled=top is not None and feature[1] >= top):
+            open_feature((feature[0], feature[1] + 1))
+    return feature
+
+
+def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
+    backend = state.backend()
+    with st.expander("Find features", expanded=expanded):
+        tab_text, tab_expl = st.tabs(["Fire most on a text", "Explanation contains"])
+        with tab_text, st.form("fb_search_text_form", border=False):
+            text = st.text_area("Text", key="fb_search_text", height=80,
+                                placeholder="Features that fire most on this text…")
+            if st.form_submit_button("Search"):
+                with state.progress("Searching…") as progress:
+                    st.session_state["fb_hits_text"] = state.call(
+                        backend.search, SearchRequest(model=model.id, sae_set=set_id, mode="text", text=text, k=20),
+                        progress=progress)
+        with tab_text:
+            if st.session_state.get("fb_hits_text") is not None:
+                picked = render_hits(st.session_state["fb_hits_text"], key="fb_hits_text_table")
+                if picked and picked != st.session_state.get("fb_hits_text_pick"):
+                    st.session_state["fb_hits_text_pick"] = picked
+                    open_feature(picked)
+        with tab_expl, st.form("fb_search_expl_form", border=False):
+            words = st.text_input("Words", key="fb_search_words", placeholder="e.g. plasma confinement")
+            if st.form_submit_button("Search"):
+                st.session_state["fb_hits_expl"] = state.call(
+                    backend.search, SearchRequest(model=model.id, sae_set=set_id, mode="explanation", query=words,
+                                                  k=50))
+        with tab_expl:
+            if st.session_state.get("fb_hits_expl") is not None:
+                picked = render_hits(st.session_state["fb_hits_expl"], key="fb_hits_expl_table")
+                if picked and picked != st.session_state.get("fb_hits_expl_pick"):
+                    st.session_state["fb_hits_expl_pick"] = picked
+                    open_feature(picked)
+
+
+def dashboard(req: FeatureRequest, refresh: bool = False) -> FeatureResult | None:
+    cache: dict[str, FeatureResult] = st.session_state.setdefault("fb_cache", {})
+    key = req.model_dump_json(exclude={"new_explanation"})
+    if refresh or req.new_explanation is not None or key not in cache:
+        with state.progress("Loading the feature…") as progress:
+            result = state.call(state.backend().feature, req, progress=progress)
+        if result is None:
+            return None
+        if len(cache) >= CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = result
+    return cache[key]
+
+
+def main() -> None:
+    selection = state.selection()
+    if selection is None:
+        return
+    model = selection.model
+    options = dictionary_options(model)
+    st.title("Feature browser")
+    if not options:
+        st.info(f"{model.display_name} has no SAE or per-layer transcoder set. Pick another model.")
+        return
+    linked_model = state.query_param_at_start("model")
+    if linked_model not in (None, model.id, st.session_state.get("fb_model_last")):
+        st.info(f"The link is for model '{linked_model}'; pick it in the sidebar to open its feature.")
+    st.session_state["fb_model_last"] = model.id
+    set_id = choose_set(model, options, selection.sae_set)
+    name, layers, width = options[set_id]
+    feature = pick_feature(model, set_id, layers, width)
+    search_panel(model, set_id, expanded=feature is None)
+    if feature is None:
+        write_url(sae_set=set_id, feature=None)
+        st.caption("Open a feature by its layer and index, from the highlighter, or by search.")
+        return
+    write_url(sae_set=set_id, feature=f"{feature[0]}:{feature[1]}")
+    req = FeatureRequest(feature=FeatureRef(model=model.id, sae_set=set_id, layer=feature[0], index=feature[1]),
+                         n_examples=20, n_quantiles=5, examples_per_quantile=3, context_tokens=12)
+    result = dashboard(req)
+    if result is None:
+        return
+    to_save = render_dashboard(result, name, key="fb_dash")
+    if to_save is not None:
+        if dashboard(req.model_copy(update={"new_explanation": to_save})) is not None:
+            st.toast("Explanation saved.")
+            st.rerun()
+
+
+main()
