@@ -60,6 +60,9 @@ def test_source_errors_say_what_to_do(corpus_dir):
         list(documents(SourceSpec(str(corpus_dir / "missing.jsonl"))))
 
 
+SHARD_TOKENS = 150  # the corpus is ~600 words: any BPE tokenizer makes more than 3 shards of this size
+
+
 def build(backend, source: Path, out: Path, **kw) -> Path:
     return build_store(BuildOptions(model="demo", sae_set="res", source=SourceSpec(str(source)), out=out, k=8,
                                     seq_len=32, batch_tokens=1024, **kw), backend=backend)
@@ -80,7 +83,7 @@ def one_shard(backend, corpus_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sharded(backend, corpus_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sharded") / "s.h5"
-    return build(backend, corpus_dir / "reviews.jsonl", out, shard_tokens=300, keep_shards=True)
+    return build(backend, corpus_dir / "reviews.jsonl", out, shard_tokens=SHARD_TOKENS, keep_shards=True)
 
 
 def test_sharded_build_equals_one_shard(one_shard, sharded):
@@ -120,7 +123,7 @@ def test_modal_executor_shards_are_the_local_ones(backend, corpus_dir, sharded, 
     local = sharded
     fake = FakeModal()
     monkeypatch.setitem(sys.modules, "modal", fake)
-    remote = build(backend, corpus_dir / "reviews.jsonl", tmp_path / "modal.h5", shard_tokens=300, executor="modal",
+    remote = build(backend, corpus_dir / "reviews.jsonl", tmp_path / "modal.h5", shard_tokens=SHARD_TOKENS, executor="modal",
                    keep_shards=True)
     assert fake.calls == [("featurescope", "corpus_shard")]
     local_parts = sorted(local.with_name(local.name + ".parts").glob("shard-*.h5"))

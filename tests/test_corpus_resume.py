@@ -20,12 +20,14 @@ from backend.corpus.faults import VARIABLE
 from backend.corpus.sources import SourceSpec
 from backend.errors import Busy, StoreError
 
+# ~750 words: any BPE tokenizer makes at least 5 shards of this size, so kills land mid-build.
+SHARD_TOKENS = 150
 TEXTS = [f"Line {i}: the {'kettle' if i % 2 else 'teapot'} sang {'loudly ' * (i % 5)}at dawn." for i in range(30)]
 
 
 def args(corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["build", "--model", "demo", "--sae-set", "res", "--source", str(corpus), "--out", str(out),
-            "--shard-tokens", "400", "--k", "8", "--seq-len", "32", "--batch-tokens", "128", *extra]
+            "--shard-tokens", str(SHARD_TOKENS), "--k", "8", "--seq-len", "32", "--batch-tokens", "128", *extra]
 
 
 def run_killed(argv: list[str], point: str) -> subprocess.CompletedProcess:
@@ -62,7 +64,7 @@ def test_sigkill_mid_shard_then_mid_merge_then_rerun_gives_the_same_store(refere
     assert not out.exists()
     with pytest.raises(StoreError, match="different build"):
         build_store(BuildOptions(model="demo", sae_set="res", source=SourceSpec(str(corpus)), out=out, k=4,
-                                 seq_len=32, shard_tokens=400, batch_tokens=128), backend=_backend())
+                                 seq_len=32, shard_tokens=SHARD_TOKENS, batch_tokens=128), backend=_backend())
 
     killed = run_killed(args(corpus, out), "merge-group:1:0")  # resumes the shards, then dies merging
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -8,6 +8,8 @@ all agree with them.
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +63,9 @@ def test_store_holds_the_first_documents_of_the_pack_corpus(backend, store):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(backend.pack().tokenizer_dir()))
-    lines = [line for line in backend.pack().corpus_path().read_text().splitlines() if line.strip()]
+    path = backend.pack().corpus_path()
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
     lengths = [len(tok(line, add_special_tokens=False)["input_ids"]) for line in lines]
     n = store.n_docs
     assert sum(lengths[:n]) == store.n_tokens <= 12000 < sum(lengths[:n + 1]), "capped by demo_store_max_tokens"
@@ -207,6 +211,7 @@ def test_search_by_text_ranks_the_peak_activations(backend):
 
 
 def test_user_explanations_are_saved_shown_and_searchable(backend):
+    before = feature(backend, 1, 11, n_examples=0)  # the pack's own explanation, if it has one
     r = feature(backend, 1, 11, new_explanation="  Docstring openings about pathlib objects ")
     assert (r.explanation, r.explanation_source) == ("Docstring openings about pathlib objects", "user")
     assert feature(backend, 1, 11, n_examples=0).explanation == "Docstring openings about pathlib objects"
@@ -214,4 +219,5 @@ def test_user_explanations_are_saved_shown_and_searchable(backend):
     assert [(h.feature.layer, h.feature.index) for h in hits.hits][:1] == [(1, 11)]
     assert backend.search(SearchRequest(model="demo", sae_set="res", mode="explanation", query="zebra")).hits == []
     cleared = feature(backend, 1, 11, new_explanation="")
-    assert cleared.explanation is None and cleared.explanation_source is None
+    assert (cleared.explanation, cleared.explanation_source) == (before.explanation, before.explanation_source)
+    assert cleared.explanation_source != "user"
