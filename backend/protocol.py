@@ -81,8 +81,5 @@ class PendingMethods:
     def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
         raise NotImplementedYet("steer", "Steering")
 
-    def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
-        raise NotImplementedYet("attribute", "Attribution graphs")
-
     def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult:
         raise NotImplementedYet("compare", "Model comparison")

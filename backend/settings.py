@@ -31,6 +31,7 @@ class Limits(BaseSettings):
     max_feature_nodes: int = Field(10_000, ge=1, description="Feature nodes in a graph.")
     max_graph_prompt_tokens: int = Field(256, ge=1, description="Tokens of a graph prompt.")
     max_batch_size: int = Field(256, ge=1, description="Attribution batch size.")
+    max_graph_logits: int = Field(50, ge=1, description="Logit nodes (max_n_logits) in a graph.")
     max_compare_models: int = Field(4, ge=1, description="Models in one comparison.")
     max_compare_sentences: int = Field(32, ge=1, description="Sentences in one comparison.")
     max_examples: int = Field(200, ge=1, description="Max-activating examples per feature.")
@@ -61,6 +62,8 @@ class Settings(BaseSettings):
     demo_dir: Path = Field(REPO_ROOT / "assets" / "demo", description="The offline demo pack.")
 
     limits: Limits = Field(default_factory=Limits)
+    graph_cache_gb: float = Field(4.0, ge=0, description="Disk kept for unpruned attribution graphs "
+                                                         "(re-pruning without re-running); 0 disables.")
 
     def store_dir(self) -> Path:
         return self.data_dir / "stores"

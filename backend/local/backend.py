@@ -15,6 +15,7 @@ from backend.demo.pack import DemoPack, fill_entry, find_pack
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.explanations import ExplanationStore
 from backend.local import analysis
+from backend.local.graphs import GraphEngine
 from backend.local.models import LoadedModel, ModelManager
 from backend.protocol import PendingMethods, Progress
 from backend.schemas import (
@@ -22,6 +23,8 @@ from backend.schemas import (
     AnalyzeResult,
     CatalogResult,
     EstimateRequest,
+    GraphRequest,
+    GraphResult,
     InfoResult,
     LoadedModelInfo,
     MemoryEstimate,
@@ -208,3 +211,10 @@ class LocalBackend(PendingMethods):
                              tracked=tracked, window=tokens.window, label=loaded.label,
                              elapsed_ms=timer.ms())
 
+    # ------------------------------------------------------------------ attribution graphs
+    @functools.cached_property
+    def graphs(self) -> GraphEngine:
+        return GraphEngine(self)
+
+    def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
+        return self.graphs.attribute(req, progress)

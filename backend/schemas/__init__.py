@@ -30,7 +30,7 @@ from backend.schemas.feature import (
     SearchRequest,
     SearchResult,
 )
-from backend.schemas.graph import GraphRequest, GraphResult
+from backend.schemas.graph import GraphEstimate, GraphRequest, GraphResult
 from backend.schemas.steer import SteerFeature, SteerMetrics, SteerRequest, SteerResult
 from backend.schemas.system import (
     CatalogResult,
@@ -61,6 +61,7 @@ __all__ = [
     "FeatureRef",
     "FeatureRequest",
     "FeatureResult",
+    "GraphEstimate",
     "GraphRequest",
     "GraphResult",
     "Histogram",

@@ -1,0 +1,261 @@
+"""Attribution graphs: build one with circuit-tracer for a prompt, or open a graph file, and explore it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import streamlit as st
+
+from backend.errors import BackendError
+from backend.graph_display import DisplayGraph, display_graph
+from backend.graphfile import library_dir, list_library, parse_graph, read_graph_file, save_to_library, view_state
+from backend.schemas import GraphRequest, GraphResult, ModelInfo
+from components import state
+from components.graph_panels import nodes_frame, render_estimate, render_node_panel, render_pins, render_save
+from components.graph_view import node_title, render_graph_view
+
+DEFAULT_PROMPT = "The capital of the state containing Dallas is"
+URL_PROMPT_LIMIT = 1500
+S = st.session_state
+
+
+def open_graph(doc: dict[str, Any], *, origin: tuple[str, str] | None, result: GraphResult | None = None,
+               name: str = "") -> None:
+    """Show `doc` from now on, with the view state saved in its qParams (the URL's node wins)."""
+    pinned, supernodes, clicked = view_state(doc)
+    url_node = state.query_param("node")
+    ids = {n["node_id"] for n in doc["nodes"]}
+    S.update(graph_doc=doc, graph_origin=origin, graph_result=result, graph_name=name,
+             graph_doc_id=uuid.uuid4().hex, graph_pinned=pinned, graph_supernodes=supernodes,
+             graph_clicked=url_node if url_node in ids else clicked, graph_last_click=None)
+    S.pop("graph_node_pick", None)
+    S.pop("graph_nt", None)
+    S.pop("graph_et", None)
+
+
+def origin_of(doc: dict[str, Any], models: list[ModelInfo]) -> tuple[str, str] | None:
+    """(catalog model, transcoder set) a graph file came from, if this catalog has them."""
+    gen = doc["metadata"].get("generation_settings") or {}
+    if gen.get("model") and gen.get("transcoder_set"):
+        return str(gen["model"]), str(gen["transcoder_set"])
+    scan = str(doc["metadata"].get("scan") or "")
+    for m in models:
+        for t in m.transcoder_sets:
+            if scan and scan in {t.id, t.circuit_tracer}:
+                return m.id, t.id
+    return None
+
+
+def generate(req: GraphRequest) -> None:
+    try:
+        est = state.backend().attribute(req.model_copy(update={"estimate_only": True}))
+    except BackendError as exc:
+        state.show_error(exc)
+        return
+    S["graph_estimate"] = est.estimate
+    with state.progress("Building the attribution graph…") as progress:
+        result = state.call(state.backend().attribute, req, progress=progress)
+    if result is None or result.graph is None:
+        return
+    open_graph(result.graph, origin=(result.model, result.transcoder_set), result=result.model_copy(
+        update={"graph": None}), name=result.slug)
+    state.set_query_params(prompt=req.prompt if len(req.prompt) <= URL_PROMPT_LIMIT else None,
+                           transcoder_set=result.transcoder_set, graph=None)
+
+
+def generate_form(model: ModelInfo) -> None:
+    if not model.transcoder_sets:
+        cat = state.catalog()
+        names = ", ".join(m.display_name for m in (cat.models if cat else []) if m.transcoder_sets)
+        st.info(f"{model.display_name} has no transcoders for attribution graphs. Pick one of: {names}.")
+        return
+    sets = {t.id: t for t in model.transcoder_sets}
+    tc_key = f"graph_tc::{model.id}"
+    if tc_key not in S:
+        wanted = state.query_param("transcoder_set")
+        S[tc_key] = wanted if wanted in sets else next(iter(sets))
+    if "graph_prompt" not in S:
+        S["graph_prompt"] = state.query_param("prompt", DEFAULT_PROMPT)
+    defaults = GraphRequest.model_fields
+    with st.form("graph_form", border=False):
+        prompt = st.text_area("Prompt", key="graph_prompt", height=80,
+                              help="The next token after this prompt is what the graph explains.")
+        tc = st.selectbox("Transcoders", list(sets), key=tc_key, format_func=lambda s: sets[s].display_name)
+        with st.expander("Attribution settings (the graph server's parameters)"):
+            c = st.columns(4)
+            max_nodes = c[0].number_input("max_feature_nodes", 1, 100_000, defaults["max_feature_nodes"].default,
+                                          key="graph_max_nodes")
+            node_t = c[1].number_input("node_threshold", 0.01, 1.0, defaults["node_threshold"].default, 0.01,
+                                       key="graph_node_threshold")
+            edge_t = c[2].number_input("edge_threshold", 0.01, 1.0, defaults["edge_threshold"].default, 0.01,
+                                       key="graph_edge_threshold")
+            batch = c[3].number_input("batch_size", 1, 4096, defaults["batch_size"].default, key="graph_batch")
+            c = st.columns(4)
+            n_logits = c[0].number_input("max_n_logits", 1, 1000, defaults["max_n_logits"].default, key="graph_logits")
+            logit_p = c[1].number_input("desired_logit_prob", 0.01, 1.0, defaults["desired_logit_prob"].default,
+                                        0.01, key="graph_logit_p")
+            offload = c[2].selectbox("offload", ["none", "cpu", "disk"], key="graph_offload")
+            slug = c[3].text_input("slug", key="graph_slug", placeholder="default: from the prompt")
+        b1, b2, _ = st.columns([1, 1, 4])
+        estimate = b1.form_submit_button("Estimate")
+        run = b2.form_submit_button("Generate", type="primary")
+    req = GraphRequest(prompt=prompt or " ", model=model.id, transcoder_set=tc, batch_size=int(batch),
+                       max_n_logits=int(n_logits), desired_logit_prob=float(logit_p), node_threshold=float(node_t),
+                       edge_threshold=float(edge_t), max_feature_nodes=int(max_nodes),
+                       offload=None if offload == "none" else offload, slug_identifier=slug.strip() or None)
+    auto = "graph_doc" not in S and "graph_auto_done" not in S and state.query_param("prompt") is not None
+    if auto:
+        S["graph_auto_done"] = True
+    if estimate:
+        result = state.call(state.backend().attribute, req.model_copy(update={"estimate_only": True}))
+        if result is not None:
+            S["graph_estimate"] = result.estimate
+    if run or auto:
+        generate(req)
+    if S.get("graph_estimate") is not None:
+        render_estimate(S["graph_estimate"])
+
+
+def open_form(models: list[ModelInfo]) -> None:
+    folder = library_dir(state.settings().data_dir)
+    c1, c2 = st.columns(2)
+    upload = c1.file_uploader("Upload a graph (.json or .json.gz, from circuit-tracer or Neuronpedia)",
+                              type=["json", "gz"], key="graph_upload")
+    if upload is not None and S.get("graph_upload_seen") != upload.file_id:
+        S["graph_upload_seen"] = upload.file_id
+        _open(lambda: parse_graph(upload.getvalue(), name=upload.name), models, upload.name)
+    path = c2.text_input("…or a path on the server", key="graph_path", placeholder="/data/graphs/my-graph.json")
+    if c2.button("Open path", key="graph_open_path", disabled=not path.strip()):
+        _open(lambda: read_graph_file(path.strip()), models, path.strip())
+    saved = list_library(folder)
+    if saved:
+        names = [p.name for p in saved]
+        if "graph_library_pick" not in S and state.query_param("graph") in names:
+            S["graph_library_pick"] = state.query_param("graph")
+        pick = st.selectbox("Saved graphs", names, key="graph_library_pick")
+        wanted = state.query_param("graph")
+        if st.button("Open saved graph", key="graph_open_saved") or (
+                wanted == pick and S.get("graph_name") != pick and "graph_url_opened" not in S):
+            S["graph_url_opened"] = True
+            if _open(lambda: read_graph_file(folder / pick), models, pick):
+                state.set_query_params(graph=pick, prompt=None)
+    else:
+        st.caption(f"Graphs you save appear here ({folder}).")
+
+
+def _open(load, models: list[ModelInfo], name: str) -> bool:
+    try:
+        doc = load()
+    except BackendError as exc:
+        state.show_error(exc)
+        return False
+    open_graph(doc, origin=origin_of(doc, models), name=name)
+    return True
+
+
+def displayed(doc: dict[str, Any], nt: float, et: float, pinned: list[str]) -> DisplayGraph:
+    """The display-pruned graph, memoised per view so reruns (hover, clicks) cost nothing."""
+    key = (S["graph_doc_id"], nt, et, tuple(pinned))
+    memo = S.setdefault("graph_display_memo", {})
+    if key not in memo:
+        if len(memo) > 6:
+            memo.clear()
+        memo[key] = display_graph(doc, nt, et, pinned)
+    return memo[key]
+
+
+def select(node_id: str | None, *, from_picker: bool = False) -> None:
+    S["graph_clicked"] = node_id
+    if not from_picker:  # the picker follows clicks in the chart (set before it is drawn)
+        S["graph_node_pick"] = node_id
+    state.set_query_params(node=node_id)
+
+
+def viewer(doc: dict[str, Any]) -> None:
+    meta = doc["metadata"]
+    result: GraphResult | None = S.get("graph_result")
+    head = f"**{meta.get('slug') or S.get('graph_name') or 'graph'}** · {meta.get('scan') or 'unknown transcoders'}"
+    if result is not None:
+        head += (f" · {result.n_active_features:,} active features, {result.n_feature_nodes:,} attributed"
+                 f" · {'from the cache' if result.cached else f'{result.elapsed_ms / 1000:.1f} s'}")
+        if result.label:
+            st.info(f"Graph of a {result.label}.", icon=":material/science:")
+    st.markdown(head)
+    file_nt = meta.get("node_threshold")
+    c = st.columns([2, 2, 1, 1])
+    nt = c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, float(file_nt or 1.0), 0.01,
+                     key="graph_nt", help="Lower keeps fewer, more influential nodes. Never re-runs attribution.")
+    et = c[1].slider("Edge weight kept (fraction of total |weight|)", 0.05, 1.0, 1.0, 0.01, key="graph_et",
+                     help="Lower keeps only the strongest edges.")
+    colour_by = c[2].selectbox("Colour", ["influence", "activation", "type"], key="graph_colour")
+    size_by = c[3].selectbox("Size", ["influence", "activation", "uniform"], key="graph_size")
+    pinned, supernodes = S["graph_pinned"], S["graph_supernodes"]
+    graph = displayed(doc, nt, et, pinned)
+    st.caption(f"Showing {len(graph.nodes):,} of {graph.total_nodes:,} nodes and {len(graph.edges):,} of "
+               f"{graph.total_edges:,} edges." + (" Edges capped to the strongest." if graph.edges_capped else "")
+               + (f" {len(graph.duplicate_ids)} node id(s) repeat in this file; their edges go to the first."
+                  if graph.duplicate_ids else ""))
+    clicked = render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}", selected=S.get("graph_clicked"),
+                                colour_by=colour_by, size_by=size_by)
+    if clicked and clicked != S.get("graph_last_click"):
+        S["graph_last_click"] = clicked
+        select(clicked)
+        st.rerun()
+    by_id = {n.id: n for n in graph.nodes}
+    options = [None, *by_id]
+    if S.get("graph_clicked") and S["graph_clicked"] not in by_id:
+        options.append(S["graph_clicked"])
+    if "graph_node_pick" not in S or S["graph_node_pick"] not in options:
+        S["graph_node_pick"] = S.get("graph_clicked") if S.get("graph_clicked") in options else None
+
+    def label(i: str | None) -> str:
+        if i is None:
+            return "none"
+        return f"{node_title(by_id[i], graph.tokens)}  [{i}]" if i in by_id else f"{i} (hidden at these thresholds)"
+
+    pick = st.selectbox("Selected node", options, key="graph_node_pick", format_func=label)
+    if pick != S.get("graph_clicked"):
+        select(pick, from_picker=True)
+
+    def toggle_pin(node_id: str) -> None:
+        if node_id in pinned:
+            pinned.remove(node_id)
+        else:
+            pinned.append(node_id)
+        st.rerun()
+
+    if S.get("graph_clicked"):
+        render_node_panel(doc, graph, S["graph_clicked"], origin=S.get("graph_origin"), pinned=pinned,
+                          on_pin=toggle_pin)
+    tab_pins, tab_nodes, tab_save = st.tabs(["Pinned subgraph", "Nodes", "Save / download"])
+    with tab_pins:
+        render_pins(doc, graph, pinned, supernodes)
+    with tab_nodes:
+        st.dataframe(nodes_frame(graph), hide_index=True, key="graph_nodes_table")
+    with tab_save:
+        render_save(doc, pinned, supernodes, S.get("graph_clicked"),
+                    on_save=lambda d: str(save_to_library(d, library_dir(state.settings().data_dir))))
+
+
+def main() -> None:
+    selection = state.selection()
+    cat = state.catalog()
+    if selection is None or cat is None:
+        return
+    st.title("Attribution graph")
+    st.caption("circuit-tracer attribution graphs: which transcoder features carry the prompt to its next "
+               "token. Graphs are in circuit-tracer / Neuronpedia's JSON schema.")
+    tab_new, tab_open = st.tabs(["Generate", "Open a graph file"])
+    with tab_new:
+        generate_form(selection.model)
+    with tab_open:
+        open_form(cat.models)
+    doc = S.get("graph_doc")
+    if doc is None:
+        st.caption("Generate a graph, or open one, to explore it here.")
+        return
+    viewer(doc)
+
+
+main()
