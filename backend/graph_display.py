@@ -117,7 +117,8 @@ def kept_nodes(nodes: list[DisplayNode], threshold: float, pinned: set[str],
                file_threshold: float | None = None) -> set[str]:
     """Ids kept by the node threshold. At or above the file's own threshold, every node stays."""
     always = {n.id for n in nodes if n.kind in (EMBEDDING, LOGIT) or n.influence is None or n.id in pinned}
-    ranked = sorted((n for n in nodes if n.id not in always), key=lambda n: n.influence)  # type: ignore[arg-type]
+    ranked = sorted((n for n in nodes if n.id not in always),
+                    key=lambda n: n.influence)  # type: ignore[arg-type, return-value]
     if threshold >= min(1.0, file_threshold if file_threshold is not None else 1.0) or not ranked:
         return always | {n.id for n in ranked}
     inf = np.array([n.influence for n in ranked], dtype=float)
@@ -184,7 +185,8 @@ def display_graph(doc: dict[str, Any], node_threshold: float = 1.0, edge_thresho
                         duplicate_ids=sorted(set(duplicates)), edges_capped=capped)
 
 
-def node_edges(doc: dict[str, Any], node_id: str, k: int = 10) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+def node_edges(doc: dict[str, Any], node_id: str,
+               k: int = 10) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """The strongest input and output edges of a node in the whole file: ([(source, w)], [(target, w)])."""
     inputs = [(str(e["source"]), float(e["weight"])) for e in doc["links"] if str(e["target"]) == node_id]
     outputs = [(str(e["target"]), float(e["weight"])) for e in doc["links"] if str(e["source"]) == node_id]

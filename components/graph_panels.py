@@ -14,8 +14,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from backend.graph_display import FEATURE, DisplayGraph, DisplayNode, n_layers_of, node_edges, subgraph, \
-    to_display_node
+from backend.graph_display import (
+    FEATURE,
+    DisplayGraph,
+    DisplayNode,
+    n_layers_of,
+    node_edges,
+    subgraph,
+    to_display_node,
+)
 from backend.graphfile import graph_bytes, safe_file_name, with_view_state
 from backend.schemas import GraphEstimate
 from components import state
@@ -60,8 +67,9 @@ def _edge_rows(pairs: list[tuple[str, float]], by_id: dict[str, DisplayNode], to
     return pd.DataFrame(rows, columns=["node", "id", "weight", "shown"])
 
 
-def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *, origin: tuple[str, str] | None,
-                      pinned: list[str], on_pin: Callable[[str], None]) -> None:
+def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
+                      origin: tuple[str, str] | None, pinned: list[str],
+                      on_pin: Callable[[str], None]) -> None:
     """The selected node: what it is, its strongest input and output edges, and where to go with it."""
     n_layers = n_layers_of(doc)
     all_nodes = {str(n["node_id"]): to_display_node(n, n_layers) for n in doc["nodes"]}
@@ -89,7 +97,8 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
             if browser is not None:
                 c2.page_link(browser, label="Open in feature browser", query_params=params)
             if steer is not None:
-                c2.page_link(steer, label="Steer this feature", query_params={**params, "position": str(node.pos)})
+                c2.page_link(steer, label="Steer this feature",
+                             query_params={**params, "position": str(node.pos)})
         inputs, outputs = node_edges(doc, node_id, k=12)
         shown = {(s, t) for s, t, _ in graph.edges}
         t1, t2 = st.columns(2)
@@ -101,7 +110,8 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
                      key="graph_outputs")
 
 
-def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str], supernodes: list[list[str]]) -> None:
+def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str],
+                supernodes: list[list[str]]) -> None:
     """Pinned nodes, grouping them into labelled supernodes, and the pinned subgraph."""
     by_id = {str(n["node_id"]): to_display_node(n, n_layers_of(doc)) for n in doc["nodes"]}
 
@@ -125,12 +135,14 @@ def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str], sup
         st.rerun()
     for i, sn in enumerate(supernodes):
         cols = st.columns([5, 1])
-        cols[0].markdown(f"Supernode **{html.escape(sn[0])}**: " + ", ".join(f"`{html.escape(name(m))}`" for m in sn[1:]))
+        members_text = ", ".join(f"`{html.escape(name(m))}`" for m in sn[1:])
+        cols[0].markdown(f"Supernode **{html.escape(sn[0])}**: {members_text}")
         if cols[1].button("Ungroup", key=f"graph_ungroup_{i}"):
             supernodes.pop(i)
             st.rerun()
     groups, edges = subgraph(doc, pinned, supernodes)
-    st.plotly_chart(subgraph_figure(groups, edges, by_id, graph.tokens), key="graph_subgraph", width="stretch")
+    st.plotly_chart(subgraph_figure(groups, edges, by_id, graph.tokens), key="graph_subgraph",
+                    width="stretch")
 
 
 def subgraph_figure(groups: dict[str, list[str]], edges: list[tuple[str, str, float]],
@@ -151,14 +163,15 @@ def subgraph_figure(groups: dict[str, list[str]], edges: list[tuple[str, str, fl
     labels = []
     for label, ids in groups.items():
         if len(ids) == 1 and ids[0] == label:
-            labels.append(plot_label(node_title(by_id[label], tokens)) if label in by_id else plot_label(label))
+            labels.append(plot_label(node_title(by_id[label], tokens) if label in by_id else label))
         else:
             labels.append(plot_label(f"{label} ({len(ids)})"))
     fig.add_trace(go.Scatter(x=[p[0] for p in pos.values()], y=[p[1] for p in pos.values()],
                              mode="markers+text", text=labels, textposition="top center", hoverinfo="text",
                              marker={"size": 14, "color": "#7b61c2"}, showlegend=False))
     fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"title": "position", "zeroline": False}, yaxis={"title": "layer", "zeroline": False})
+                      xaxis={"title": "position", "zeroline": False},
+                      yaxis={"title": "layer", "zeroline": False})
     return fig
 
 

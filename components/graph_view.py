@@ -17,6 +17,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -24,7 +25,8 @@ from backend.graph_display import EMBEDDING, ERROR, FEATURE, LOGIT, DisplayGraph
 from components.text import plot_label, visible
 
 KIND_COLOUR = {FEATURE: "#7b61c2", ERROR: "#9e9e9e", EMBEDDING: "#3d3d3d", LOGIT: "#2e8b57"}
-KIND_SYMBOL = {FEATURE: "circle", ERROR: "square", EMBEDDING: "diamond", LOGIT: "triangle-up"}
+# plotly's numeric symbol codes (circle, square, diamond, triangle-up): numbers validate fast
+KIND_SYMBOL = {FEATURE: 0, ERROR: 1, EMBEDDING: 2, LOGIT: 5}
 POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800"
 CELL = 0.84  # share of a token column the nodes of one cell spread over
 PER_ROW = 12
@@ -102,15 +104,26 @@ def _marker_sizes(nodes: list[DisplayNode], size_by: str) -> list[float]:
 
 def _marker_colours(nodes: list[DisplayNode], colour_by: str) -> dict[str, Any]:
     if colour_by == "type":
-        return {"color": [KIND_COLOUR[n.kind] for n in nodes]}
+        return {"color": np.array([KIND_COLOUR[n.kind] for n in nodes], dtype=object)}
     if colour_by == "activation":
         values = [n.activation if n.activation is not None else 0.0 for n in nodes]
         title = "activation"
     else:
         values = [importance(n) for n in nodes]
         title = "influence"
-    return {"color": values, "colorscale": "Viridis", "showscale": True,
+    return {"color": np.array(values, dtype=np.float32), "colorscale": "Viridis", "showscale": True,
             "colorbar": {"title": {"text": title}, "thickness": 10}}
+
+
+def _segments(segments: list[tuple[float, float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Line segments as x and y arrays with a NaN after each, as plotly draws separate lines.
+    numpy arrays, because plotly validates Python lists element by element (slow at 100k points)."""
+    a = np.asarray(segments, dtype=np.float32).reshape(-1, 4)
+    xs = np.full((len(a), 3), np.nan, dtype=np.float32)
+    ys = np.full((len(a), 3), np.nan, dtype=np.float32)
+    xs[:, 0], xs[:, 1] = a[:, 0], a[:, 2]
+    ys[:, 0], ys[:, 1] = a[:, 1], a[:, 3]
+    return xs.ravel(), ys.ravel()
 
 
 def _edge_traces(graph: DisplayGraph, pos: dict[str, tuple[float, float]]) -> list[go.Scattergl]:
@@ -119,17 +132,15 @@ def _edge_traces(graph: DisplayGraph, pos: dict[str, tuple[float, float]]) -> li
         return []
     mags = sorted(abs(w) for _, _, w in graph.edges)
     cuts = [mags[len(mags) // 3], mags[(2 * len(mags)) // 3]]
-    bands: dict[tuple[bool, int], tuple[list[float | None], list[float | None]]] = {}
+    bands: dict[tuple[bool, int], list[tuple[float, float, float, float]]] = {}
     for s, t, w in graph.edges:
         if s not in pos or t not in pos:
             continue
         band = 0 if abs(w) < cuts[0] else (1 if abs(w) < cuts[1] else 2)
-        xs, ys = bands.setdefault((w >= 0, band), ([], []))
-        (x0, y0), (x1, y1) = pos[s], pos[t]
-        xs += [x0, x1, None]
-        ys += [y0, y1, None]
+        bands.setdefault((w >= 0, band), []).append((*pos[s], *pos[t]))
     traces = []
-    for (positive, band), (xs, ys) in sorted(bands.items()):
+    for (positive, band), segments in sorted(bands.items()):
+        xs, ys = _segments(segments)
         traces.append(go.Scattergl(
             x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=band == 2,
             name="positive edges" if positive else "negative edges",
@@ -146,20 +157,20 @@ def graph_figure(graph: DisplayGraph, *, selected: str | None = None, colour_by:
     for trace in _edge_traces(graph, pos):
         fig.add_trace(trace)
     if selected in pos:
-        xs, ys = [], []
-        for s, t, _ in graph.edges:
-            if selected in (s, t):
-                xs += [pos[s][0], pos[t][0], None]
-                ys += [pos[s][1], pos[t][1], None]
+        xs, ys = _segments([(*pos[s], *pos[t]) for s, t, _ in graph.edges if selected in (s, t)])
         fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", hoverinfo="skip", name="selected node's edges",
                                    line={"color": SELECTED, "width": 2.5}, opacity=0.9))
     nodes = graph.nodes
+    xy = np.array([pos[n.id] for n in nodes], dtype=np.float32).reshape(-1, 2)
     fig.add_trace(go.Scattergl(
-        x=[pos[n.id][0] for n in nodes], y=[pos[n.id][1] for n in nodes], mode="markers", name="nodes",
-        customdata=[n.id for n in nodes], hovertext=[hover_text(n, graph.tokens) for n in nodes],
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name="nodes",
+        customdata=np.array([n.id for n in nodes], dtype=object),
+        hovertext=np.array([hover_text(n, graph.tokens) for n in nodes], dtype=object),
         hovertemplate="%{hovertext}<extra></extra>", showlegend=False,
-        marker={"size": _marker_sizes(nodes, size_by), "symbol": [KIND_SYMBOL[n.kind] for n in nodes],
-                "line": {"width": 0.5, "color": "#ffffff"}, "opacity": 0.95, **_marker_colours(nodes, colour_by)},
+        marker={"size": np.array(_marker_sizes(nodes, size_by), dtype=np.float32),
+                "symbol": np.array([KIND_SYMBOL[n.kind] for n in nodes], dtype=np.int8),
+                "line": {"width": 0.5, "color": "#ffffff"}, "opacity": 0.95,
+                **_marker_colours(nodes, colour_by)},
     ))
     rings = [n for n in nodes if n.pinned or n.id == selected]
     if rings:
@@ -167,7 +178,8 @@ def graph_figure(graph: DisplayGraph, *, selected: str | None = None, colour_by:
             x=[pos[n.id][0] for n in rings], y=[pos[n.id][1] for n in rings], mode="markers",
             customdata=[n.id for n in rings], hoverinfo="skip", name="pinned / selected", showlegend=False,
             marker={"size": [22 if n.id == selected else 16 for n in rings], "symbol": "circle-open",
-                    "line": {"width": 2.5}, "color": [SELECTED if n.id == selected else PINNED for n in rings]},
+                    "line": {"width": 2.5},
+                    "color": [SELECTED if n.id == selected else PINNED for n in rings]},
         ))
     n_pos = len(graph.tokens)
     step = max(1, math.ceil(n_pos / 48))

@@ -9,7 +9,14 @@ import streamlit as st
 
 from backend.errors import BackendError
 from backend.graph_display import DisplayGraph, display_graph
-from backend.graphfile import library_dir, list_library, parse_graph, read_graph_file, save_to_library, view_state
+from backend.graphfile import (
+    library_dir,
+    list_library,
+    parse_graph,
+    read_graph_file,
+    save_to_library,
+    view_state,
+)
 from backend.schemas import GraphRequest, GraphResult, ModelInfo
 from components import state
 from components.graph_panels import nodes_frame, render_estimate, render_node_panel, render_pins, render_save
@@ -64,6 +71,21 @@ def generate(req: GraphRequest) -> None:
                            transcoder_set=result.transcoder_set, graph=None)
 
 
+# The graph server's numeric parameters: (min, max, step); defaults come from GraphRequest.
+SETTINGS: dict[str, tuple[float, float, float]] = {
+    "max_feature_nodes": (1, 100_000, 1), "node_threshold": (0.01, 1.0, 0.01),
+    "edge_threshold": (0.01, 1.0, 0.01), "batch_size": (1, 4096, 1),
+    "max_n_logits": (1, 1000, 1), "desired_logit_prob": (0.01, 1.0, 0.01),
+}
+
+
+def number(col: Any, name: str, low: float, high: float, step: float) -> int | float:
+    default = GraphRequest.model_fields[name].default
+    kind = int if isinstance(default, int) else float
+    value = col.number_input(name, kind(low), kind(high), default, kind(step), key=f"graph_{name}")
+    return kind(value)
+
+
 def generate_form(model: ModelInfo) -> None:
     if not model.transcoder_sets:
         cat = state.catalog()
@@ -77,32 +99,20 @@ def generate_form(model: ModelInfo) -> None:
         S[tc_key] = wanted if wanted in sets else next(iter(sets))
     if "graph_prompt" not in S:
         S["graph_prompt"] = state.query_param("prompt", DEFAULT_PROMPT)
-    defaults = GraphRequest.model_fields
     with st.form("graph_form", border=False):
         prompt = st.text_area("Prompt", key="graph_prompt", height=80,
                               help="The next token after this prompt is what the graph explains.")
         tc = st.selectbox("Transcoders", list(sets), key=tc_key, format_func=lambda s: sets[s].display_name)
         with st.expander("Attribution settings (the graph server's parameters)"):
             c = st.columns(4)
-            max_nodes = c[0].number_input("max_feature_nodes", 1, 100_000, defaults["max_feature_nodes"].default,
-                                          key="graph_max_nodes")
-            node_t = c[1].number_input("node_threshold", 0.01, 1.0, defaults["node_threshold"].default, 0.01,
-                                       key="graph_node_threshold")
-            edge_t = c[2].number_input("edge_threshold", 0.01, 1.0, defaults["edge_threshold"].default, 0.01,
-                                       key="graph_edge_threshold")
-            batch = c[3].number_input("batch_size", 1, 4096, defaults["batch_size"].default, key="graph_batch")
-            c = st.columns(4)
-            n_logits = c[0].number_input("max_n_logits", 1, 1000, defaults["max_n_logits"].default, key="graph_logits")
-            logit_p = c[1].number_input("desired_logit_prob", 0.01, 1.0, defaults["desired_logit_prob"].default,
-                                        0.01, key="graph_logit_p")
+            cells = zip(c * 2, SETTINGS.items(), strict=False)  # two rows of the four columns
+            values = {name: number(col, name, *bounds) for col, (name, bounds) in cells}
             offload = c[2].selectbox("offload", ["none", "cpu", "disk"], key="graph_offload")
             slug = c[3].text_input("slug", key="graph_slug", placeholder="default: from the prompt")
         b1, b2, _ = st.columns([1, 1, 4])
         estimate = b1.form_submit_button("Estimate")
         run = b2.form_submit_button("Generate", type="primary")
-    req = GraphRequest(prompt=prompt or " ", model=model.id, transcoder_set=tc, batch_size=int(batch),
-                       max_n_logits=int(n_logits), desired_logit_prob=float(logit_p), node_threshold=float(node_t),
-                       edge_threshold=float(edge_t), max_feature_nodes=int(max_nodes),
+    req = GraphRequest(prompt=prompt or " ", model=model.id, transcoder_set=tc, **values,
                        offload=None if offload == "none" else offload, slug_identifier=slug.strip() or None)
     auto = "graph_doc" not in S and "graph_auto_done" not in S and state.query_param("prompt") is not None
     if auto:
@@ -125,7 +135,8 @@ def open_form(models: list[ModelInfo]) -> None:
     if upload is not None and S.get("graph_upload_seen") != upload.file_id:
         S["graph_upload_seen"] = upload.file_id
         _open(lambda: parse_graph(upload.getvalue(), name=upload.name), models, upload.name)
-    path = c2.text_input("…or a path on the server", key="graph_path", placeholder="/data/graphs/my-graph.json")
+    path = c2.text_input("…or a path on the server", key="graph_path",
+                         placeholder="/data/graphs/my-graph.json")
     if c2.button("Open path", key="graph_open_path", disabled=not path.strip()):
         _open(lambda: read_graph_file(path.strip()), models, path.strip())
     saved = list_library(folder)
@@ -175,7 +186,8 @@ def select(node_id: str | None, *, from_picker: bool = False) -> None:
 def viewer(doc: dict[str, Any]) -> None:
     meta = doc["metadata"]
     result: GraphResult | None = S.get("graph_result")
-    head = f"**{meta.get('slug') or S.get('graph_name') or 'graph'}** · {meta.get('scan') or 'unknown transcoders'}"
+    name = meta.get("slug") or S.get("graph_name") or "graph"
+    head = f"**{name}** · {meta.get('scan') or 'unknown transcoders'}"
     if result is not None:
         head += (f" · {result.n_active_features:,} active features, {result.n_feature_nodes:,} attributed"
                  f" · {'from the cache' if result.cached else f'{result.elapsed_ms / 1000:.1f} s'}")
@@ -185,19 +197,24 @@ def viewer(doc: dict[str, Any]) -> None:
     file_nt = meta.get("node_threshold")
     c = st.columns([2, 2, 1, 1])
     nt = c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, float(file_nt or 1.0), 0.01,
-                     key="graph_nt", help="Lower keeps fewer, more influential nodes. Never re-runs attribution.")
+                     key="graph_nt",
+                     help="Lower keeps fewer, more influential nodes. Never re-runs attribution.")
     et = c[1].slider("Edge weight kept (fraction of total |weight|)", 0.05, 1.0, 1.0, 0.01, key="graph_et",
                      help="Lower keeps only the strongest edges.")
     colour_by = c[2].selectbox("Colour", ["influence", "activation", "type"], key="graph_colour")
     size_by = c[3].selectbox("Size", ["influence", "activation", "uniform"], key="graph_size")
     pinned, supernodes = S["graph_pinned"], S["graph_supernodes"]
     graph = displayed(doc, nt, et, pinned)
-    st.caption(f"Showing {len(graph.nodes):,} of {graph.total_nodes:,} nodes and {len(graph.edges):,} of "
-               f"{graph.total_edges:,} edges." + (" Edges capped to the strongest." if graph.edges_capped else "")
-               + (f" {len(graph.duplicate_ids)} node id(s) repeat in this file; their edges go to the first."
-                  if graph.duplicate_ids else ""))
-    clicked = render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}", selected=S.get("graph_clicked"),
-                                colour_by=colour_by, size_by=size_by)
+    notes = [f"Showing {len(graph.nodes):,} of {graph.total_nodes:,} nodes and {len(graph.edges):,} of "
+             f"{graph.total_edges:,} edges."]
+    if graph.edges_capped:
+        notes.append("Edges capped to the strongest.")
+    if graph.duplicate_ids:
+        notes.append(f"{len(graph.duplicate_ids)} node id(s) repeat in this file; their edges go to the "
+                     "first.")
+    st.caption(" ".join(notes))
+    clicked = render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}",
+                                selected=S.get("graph_clicked"), colour_by=colour_by, size_by=size_by)
     if clicked and clicked != S.get("graph_last_click"):
         S["graph_last_click"] = clicked
         select(clicked)
@@ -212,7 +229,9 @@ def viewer(doc: dict[str, Any]) -> None:
     def label(i: str | None) -> str:
         if i is None:
             return "none"
-        return f"{node_title(by_id[i], graph.tokens)}  [{i}]" if i in by_id else f"{i} (hidden at these thresholds)"
+        if i not in by_id:
+            return f"{i} (hidden at these thresholds)"
+        return f"{node_title(by_id[i], graph.tokens)}  [{i}]"
 
     pick = st.selectbox("Selected node", options, key="graph_node_pick", format_func=label)
     if pick != S.get("graph_clicked"):

@@ -39,7 +39,8 @@ class _Context:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
 
-    def compute_batch(self, layers: Any, positions: Any, inject_values: Any, retain_graph: bool = True) -> Any:
+    def compute_batch(self, layers: Any, positions: Any, inject_values: Any,
+                      retain_graph: bool = True) -> Any:
         rows = self._ctx.compute_batch(layers, positions, inject_values, retain_graph=retain_graph)
         self._phases.batch_done(len(layers), bool((layers == self._ctx.n_layers).all()))
         return rows
@@ -95,8 +96,9 @@ class _Phases:
             self._enter("features")
         t.n_feature_rows += n_rows
         total = max(self._feature_total, 1)
+        done = f"{t.n_feature_rows:,} / {self._feature_total:,}"
         self._progress(0.05 + 0.9 * min(t.n_feature_rows / total, 1.0),
-                       f"Phase 4: attributing feature nodes {t.n_feature_rows:,} / {self._feature_total:,}…")
+                       f"Phase 4: attributing feature nodes {done}…")
 
 
 def run_attribute(model: Any, input_ids: list[int], *, max_n_logits: int, desired_logit_prob: float,

@@ -51,7 +51,8 @@ class GraphShape:
     lazy_decoder: bool
 
 
-def shape_of(entry: ModelEntry, tc: TranscoderSetEntry, n_tokens: int, dtype: str) -> tuple[GraphShape, list[str]]:
+def shape_of(entry: ModelEntry, tc: TranscoderSetEntry, n_tokens: int,
+             dtype: str) -> tuple[GraphShape, list[str]]:
     notes = []
     d_model = entry.d_model or 0
     d_tc = tc.d_transcoder
@@ -193,7 +194,8 @@ class CostModel:
         return GraphEstimate(
             n_tokens=n_tokens, tokens_exact=tokens_exact, n_layers=s.n_layers, feature_rows=z.feature_rows,
             logit_rows=z.logit_rows, backward_passes=z.backward_passes, batch_size=batch_size, device=device,
-            model_gb=round(weights / GB, 3), workspace_gb=round(max(z.workspace, z.prune if on_gpu else 0) / GB, 3),
+            model_gb=round(weights / GB, 3),
+            workspace_gb=round(max(z.workspace, z.prune if on_gpu else 0) / GB, 3),
             device_gb=round(device_need / GB, 3), host_gb=round(host_need / GB, 3),
             available_device_gb=None if available_device is None else round(available_device / GB, 3),
             available_host_gb=None if available_host is None else round(available_host / GB, 3),

@@ -73,8 +73,8 @@ class GraphEngine:
             raise NotFound(f"Unknown model '{model}'. Models with transcoders for attribution graphs: "
                            f"{', '.join(with_sets)}.", wanted=model, valid=with_sets)
         if not entry.transcoder_sets:
-            raise InvalidRequest(f"{entry.display_name} has no transcoder set, so no attribution graph. Models "
-                                 f"with transcoders: {', '.join(with_sets)}.")
+            raise InvalidRequest(f"{entry.display_name} has no transcoder set, so no attribution graph. "
+                                 f"Models with transcoders: {', '.join(with_sets)}.")
         if transcoder_set is None:
             return entry, next(iter(entry.transcoder_sets.values()))
         tc = entry.transcoder_sets.get(transcoder_set) or next(
@@ -115,7 +115,8 @@ class GraphEngine:
         if pack is None:
             return {"tl_name": entry.tl_name, "transcoders": tc.circuit_tracer or tc.id}
         files = [pack.root / "manifest.json", pack.weights_path(), *pack.transcoder_paths(tc.id).values()]
-        return {"pack": str(pack.root), "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+        stats = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        return {"pack": str(pack.root), "files": stats}
 
     def _keys(self, req: GraphRequest, entry: ModelEntry, tc: TranscoderSetEntry, dtype: str,
               pack: DemoPack | None) -> tuple[str, str]:
@@ -131,6 +132,17 @@ class GraphEngine:
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    def replacement_model(self, entry: ModelEntry, tc: TranscoderSetEntry,
+                          progress: Progress | None = None) -> Any:
+        """The shared circuit-tracer ReplacementModel of `entry` with `tc` (a `LoadedModel`), loaded
+        under the memory budget if needed."""
+        dtype = self.b.dtype_for(entry)
+        pack = self.b.pack() if tc.source == "demo" else None
+        return self.b.models.get(entry, dtype, progress, key=replacement_key(entry, tc),
+                                 loader=lambda: load_replacement(entry, tc, self.b.device, dtype, pack),
+                                 estimate_bytes=model_bytes_for(entry, tc, dtype),
+                                 label=pack.label if pack is not None else None)
 
     # ------------------------------------------------------------------ estimate
     def _estimate(self, req: GraphRequest, entry: ModelEntry, tc: TranscoderSetEntry, dtype: str,
@@ -153,9 +165,9 @@ class GraphEngine:
         where = "GPU" if est.device == "cuda" else ("device" if est.device == "mps" else "memory")
         need = est.device_gb + (est.host_gb if est.device == "cpu" else 0)
         have = est.available_device_gb
-        advice = ["shorten the prompt", "lower max_feature_nodes"]
         smaller = fitting_batch_size(est)
-        advice.insert(0, f"lower batch_size to {smaller} or less" if smaller else "lower batch_size")
+        advice = [f"lower batch_size to {smaller} or less" if smaller else "lower batch_size",
+                  "shorten the prompt", "lower max_feature_nodes"]
         if est.device == "cuda":
             advice.append("set offload to 'cpu'")
             if est.host_gb > (est.available_host_gb or float("inf")):
@@ -165,7 +177,7 @@ class GraphEngine:
         return DoesNotFit(
             f"This graph needs about {need:.2f} GB of {where} ({est.n_tokens} tokens, {est.feature_rows:,} "
             f"feature nodes, batch_size {est.batch_size}); {have or 0:.2f} GB is available. "
-            f"{'; '.join(advice).capitalize()}, or unload other models (System page).{tail}",
+            f"{', '.join(advice).capitalize()} or unload other models (System page).{tail}",
             model=entry.id, need_gb=need,
         )
 
@@ -182,7 +194,8 @@ class GraphEngine:
         if not req.estimate_only:
             hit = self.cache.get_result(result_key)
             if hit is not None:
-                return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer, cached=True)
+                return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer,
+                                    cached=True)
 
         loaded = next((m for m in self.b.models.resident() if m.key == replacement_key(entry, tc)), None)
         tokenizer = loaded.model.tokenizer if loaded is not None else self.tokenizers.get(entry, pack)
@@ -191,10 +204,12 @@ class GraphEngine:
         if ids is not None:
             self._check_tokens(n_tokens, entry)
         est = self._estimate(req, entry, tc, dtype, n_tokens, ids is not None)
-        if est.fits is False:
+        if est.fits is False and not req.estimate_only:
             raise self._refuse(est, entry)
         if req.estimate_only:
-            est = est.model_copy(update={"cached": self.cache.get_result(result_key) is not None})
+            notes = est.notes + ([self._refuse(est, entry).message] if est.fits is False else [])
+            cached = self.cache.get_result(result_key) is not None
+            est = est.model_copy(update={"cached": cached, "notes": notes})
             return GraphResult(slug=req.slug_identifier or default_slug(entry.id, req.prompt, result_key),
                                model=entry.id, transcoder_set=tc.id, n_tokens=n_tokens, estimate=est,
                                label=label, elapsed_ms=timer.ms())
@@ -202,7 +217,8 @@ class GraphEngine:
         with self._lock_for(result_key):  # identical requests wait for one computation
             hit = self.cache.get_result(result_key)
             if hit is not None:
-                return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer, cached=True)
+                return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer,
+                                    cached=True)
             result = self._compute(req, entry, tc, dtype, pack, raw_key, ids, est, progress)
             self.cache.put_result(result_key, result.model_dump())
         return self._finish(result, req, entry, tc, result_key, timer, cached=False)
@@ -215,25 +231,26 @@ class GraphEngine:
 
         timings: dict[str, float] = {}
         graph = self.cache.get_raw(raw_key)
-        key = replacement_key(entry, tc)
         s, _ = shape_of(entry, tc, est.n_tokens, dtype)
-        loaded = self.b.models.get(entry, dtype, progress, key=key,
-                                   loader=lambda: load_replacement(entry, tc, self.b.device, dtype, pack),
-                                   estimate_bytes=model_bytes_for(entry, tc, dtype),
-                                   label=pack.label if pack is not None else None)
-        tokenizer = loaded.model.tokenizer
+        tokenizer = self.tokenizers.get(entry, pack) if graph is not None else None
+        loaded = None
+        if tokenizer is None:  # attribution needs the model; a cached graph only its tokenizer
+            loaded = self.replacement_model(entry, tc, progress)
+            tokenizer = loaded.model.tokenizer
         if ids is None:  # the tokenizer came with the model
             ids = prompt_ids(tokenizer, req.prompt)
             self._check_tokens(len(ids), entry)
         phases = None
         if graph is None:
+            assert loaded is not None
             self.b.models.make_room(int(est.workspace_gb * GB), keep=loaded.key)
             with loaded.use(self.b.limits.lock_timeout_s) as model:
                 attr = Timer()
                 graph, phases = run_attribute(model, ids, max_n_logits=req.max_n_logits,
                                               desired_logit_prob=req.desired_logit_prob,
-                                              batch_size=req.batch_size, max_feature_nodes=req.max_feature_nodes,
-                                              offload=req.offload, progress=progress)
+                                              batch_size=req.batch_size,
+                                              max_feature_nodes=req.max_feature_nodes, offload=req.offload,
+                                              progress=progress)
                 timings["attribution"] = attr.ms()
             timings.update({f"attribution.{k}": v for k, v in phases.ms.items()})
             self.cache.put_raw(raw_key, graph)
@@ -262,14 +279,16 @@ class GraphEngine:
                            timings_ms={k: round(v, 2) for k, v in timings.items()})
 
     def _calibrate(self, entry: ModelEntry, tc: TranscoderSetEntry, dtype: str, s: Any, req: GraphRequest,
-                   n_active: int, n_features: int, n_tokens: int, n_nodes: int, timings: dict[str, float]) -> None:
+                   n_active: int, n_features: int, n_tokens: int, n_nodes: int,
+                   timings: dict[str, float]) -> None:
         shape = s.__class__(**{**s.__dict__, "n_tokens": n_tokens})
         per = n_active / max(shape.n_layers * n_tokens, 1)
         z = sizes(entry, shape, batch_size=req.batch_size, max_feature_nodes=n_features,
                   max_n_logits=req.max_n_logits, active_per_layer_token=per)
         self.costs.record(CostModel.key(compute.device_info(self.b.device).name, entry, tc, dtype),
-                          flops=z.flops, seconds=timings["attribution"] / 1000, prune_cells=float(n_nodes) ** 2,
-                          prune_seconds=timings["prune"] / 1000, active_per_layer_token=per)
+                          flops=z.flops, seconds=timings["attribution"] / 1000,
+                          prune_cells=float(n_nodes) ** 2, prune_seconds=timings["prune"] / 1000,
+                          active_per_layer_token=per)
 
     def _finish(self, result: GraphResult, req: GraphRequest, entry: ModelEntry, tc: TranscoderSetEntry,
                 key: str, timer: Timer, *, cached: bool) -> GraphResult:

@@ -26,16 +26,17 @@ class GraphRequest(Request):
                           "'mntss/clt-gemma-2-2b-2.5M'); default: the model's first transcoder set.")
     batch_size: int = Field(48, ge=1, description="Source nodes per backward pass (speed and memory only).")
     max_n_logits: int = Field(10, ge=1, description="Most logit nodes (top next-token candidates).")
-    desired_logit_prob: float = Field(0.95, gt=0.0, le=1.0,
-                                      description="Keep logits until their cumulative probability reaches this.")
-    node_threshold: float = Field(0.8, gt=0.0, le=1.0,
-                                  description="Keep the nodes carrying this fraction of the influence on the logits.")
+    desired_logit_prob: float = Field(
+        0.95, gt=0.0, le=1.0, description="Keep logits until their cumulative probability reaches this.")
+    node_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Keep the nodes carrying this share of the influence on the logits.")
     edge_threshold: float = Field(0.85, gt=0.0, le=1.0,
                                   description="Keep the edges carrying this fraction of the edge influence.")
     max_feature_nodes: int = Field(5000, ge=1, description="Most feature nodes attributed (the node budget).")
     offload: Literal["cpu", "disk"] | None = Field(
         None, description="Move finished parts of the model off the GPU during attribution to save memory.")
-    slug_identifier: str | None = Field(None, max_length=128, description="Name of the graph (metadata.slug).")
+    slug_identifier: str | None = Field(None, max_length=128,
+                                        description="Name of the graph (metadata.slug).")
     signed_url: str | None = Field(None, description="HTTP service only: PUT the graph JSON to this URL.")
     compress: bool = Field(False, description="HTTP service only: gzip the JSON before uploading it.")
     user_id: str | None = Field(None, max_length=256, description="Creator name written into metadata.info.")
