@@ -137,6 +137,8 @@ def parse_graph(data: bytes | str | dict[str, Any], *, name: str = "the file") -
 def read_graph_file(path: str | Path) -> dict[str, Any]:
     """A graph JSON (.json or .json.gz) from a path on this machine."""
     p = Path(path).expanduser()
+    if not (p.name.endswith(".json") or p.name.endswith(".json.gz")):
+        raise InvalidRequest(f"{p.name} is not a .json or .json.gz file. Give the path of a graph file.")
     if not p.is_file():
         raise NotFound(f"No graph file at {p}. Give the path of a .json or .json.gz graph file.")
     return parse_graph(p.read_bytes(), name=p.name)

@@ -338,3 +338,11 @@ def test_hub_sets_load_through_replacement_model_from_pretrained(hub_backend):
     assert result.graph["metadata"]["scan"] == TC_REPO
     assert any(n["feature_type"] == "cross layer transcoder" for n in result.graph["nodes"])
     assert result.n_feature_nodes == 40
+
+
+def test_a_prompt_with_nothing_to_attribute_is_refused(strict):
+    from backend.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="no token to attribute"):
+        strict.attribute(GraphRequest(prompt="<|endoftext|>", model="demo", max_feature_nodes=50, batch_size=16,
+                                      max_n_logits=5))

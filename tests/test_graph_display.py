@@ -175,3 +175,14 @@ def test_colliding_error_ids_are_renamed():
     assert unique_node_ids(nodes) == 1
     assert [n.node_id for n in nodes.values()] == ["0_1_3", "err_1_3", "0_0_3", "0_3_1"]
     assert nodes[1].jsNodeId != nodes[0].jsNodeId
+
+
+def test_only_graph_files_open_by_path(tmp_path):
+    from backend.errors import NotFound
+    from backend.graphfile import read_graph_file
+
+    (tmp_path / "notes.txt").write_text("{}")
+    with pytest.raises(InvalidRequest, match="not a .json"):
+        read_graph_file(tmp_path / "notes.txt")
+    with pytest.raises(NotFound, match="No graph file"):
+        read_graph_file(tmp_path / "missing.json")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from backend.catalog import ModelEntry, TranscoderSetEntry
@@ -110,25 +112,32 @@ def load_replacement(entry: ModelEntry, tc: TranscoderSetEntry, device: str, dty
 
 
 class PromptTokenizers:
-    """Tokenizers on their own (no model), one per model, to measure prompts before loading."""
+    """Tokenizers on their own (no model), one per model, to measure prompts before loading.
+
+    A fast tokenizer is not safe to use from two threads at once, so every use holds one lock:
+    `with tokenizers.using(entry, pack) as tok:` (`tok` is None when it is not available offline).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cache: dict[str, Any] = {}
 
-    def get(self, entry: ModelEntry, pack: DemoPack | None) -> Any | None:
-        """The model's tokenizer, or None when it is not available offline."""
-        key = f"{entry.id}:{pack.root if pack is not None else ''}"
+    @contextmanager
+    def using(self, entry: ModelEntry, pack: DemoPack | None) -> Iterator[Any | None]:
         with self._lock:
-            if key not in self._cache:
-                from transformers import AutoTokenizer
+            yield self._get(entry, pack)
 
-                name = str(pack.tokenizer_dir()) if pack is not None else (entry.hf_repo or entry.tl_name)
-                try:
-                    self._cache[key] = AutoTokenizer.from_pretrained(name)
-                except (OSError, ValueError):
-                    return None
-            return self._cache[key]
+    def _get(self, entry: ModelEntry, pack: DemoPack | None) -> Any | None:
+        key = f"{entry.id}:{pack.root if pack is not None else ''}"
+        if key not in self._cache:
+            from transformers import AutoTokenizer
+
+            name = str(pack.tokenizer_dir()) if pack is not None else (entry.hf_repo or entry.tl_name)
+            try:
+                self._cache[key] = AutoTokenizer.from_pretrained(name)
+            except (OSError, ValueError):
+                return None
+        return self._cache[key]
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:

@@ -102,6 +102,9 @@ class GraphEngine:
                                 "Ask for fewer logit nodes or raise FEATURESCOPE_MAX_GRAPH_LOGITS.")
 
     def _check_tokens(self, n_tokens: int, entry: ModelEntry) -> None:
+        if n_tokens < 2:
+            raise InvalidRequest("The prompt has no token to attribute besides the BOS token. "
+                                 "Type some text.")
         lim = self.b.limits.max_graph_prompt_tokens
         if n_tokens > lim:
             raise LimitExceeded("The prompt length (tokens, BOS included)", n_tokens, lim,
@@ -197,9 +200,8 @@ class GraphEngine:
                 return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer,
                                     cached=True)
 
-        loaded = next((m for m in self.b.models.resident() if m.key == replacement_key(entry, tc)), None)
-        tokenizer = loaded.model.tokenizer if loaded is not None else self.tokenizers.get(entry, pack)
-        ids = prompt_ids(tokenizer, req.prompt) if tokenizer is not None else None
+        with self.tokenizers.using(entry, pack) as tok:
+            ids = prompt_ids(tok, req.prompt) if tok is not None else None
         n_tokens = len(ids) if ids is not None else len(req.prompt.encode()) + 1
         if ids is not None:
             self._check_tokens(n_tokens, entry)
@@ -232,13 +234,15 @@ class GraphEngine:
         timings: dict[str, float] = {}
         graph = self.cache.get_raw(raw_key)
         s, _ = shape_of(entry, tc, est.n_tokens, dtype)
-        tokenizer = self.tokenizers.get(entry, pack) if graph is not None else None
         loaded = None
-        if tokenizer is None:  # attribution needs the model; a cached graph only its tokenizer
+        if graph is None or ids is None:  # a cached graph needs no model, only the tokenizer
             loaded = self.replacement_model(entry, tc, progress)
-            tokenizer = loaded.model.tokenizer
-        if ids is None:  # the tokenizer came with the model
-            ids = prompt_ids(tokenizer, req.prompt)
+        if ids is None:  # the tokenizer's files came with the model
+            with self.tokenizers.using(entry, pack) as tok:
+                ids = prompt_ids(tok, req.prompt) if tok is not None else None
+            if ids is None:
+                with loaded.use(self.b.limits.lock_timeout_s) as model:
+                    ids = prompt_ids(model.tokenizer, req.prompt)
             self._check_tokens(len(ids), entry)
         phases = None
         if graph is None:
@@ -265,9 +269,18 @@ class GraphEngine:
         generation = {"max_n_logits": req.max_n_logits, "desired_logit_prob": req.desired_logit_prob,
                       "batch_size": req.batch_size, "max_feature_nodes": req.max_feature_nodes,
                       "model": entry.id, "transcoder_set": tc.id}
-        doc = build_graph_json(graph, node_mask, edge_mask, scores, tokenizer=tokenizer, slug="",
-                               node_threshold=req.node_threshold, edge_threshold=req.edge_threshold,
-                               generation_settings=generation, creator=None)
+
+        def build(tokenizer: Any) -> dict[str, Any]:
+            return build_graph_json(graph, node_mask, edge_mask, scores, tokenizer=tokenizer, slug="",
+                                    node_threshold=req.node_threshold, edge_threshold=req.edge_threshold,
+                                    generation_settings=generation, creator=None)
+
+        with self.tokenizers.using(entry, pack) as tok:
+            doc = build(tok) if tok is not None else None
+        if doc is None:  # no tokenizer of its own: the model's, under the model's lock
+            assert loaded is not None
+            with loaded.use(self.b.limits.lock_timeout_s) as model:
+                doc = build(model.tokenizer)
         timings["json"] = t.ms()
         n_active = int(graph.active_features.shape[0])
         if phases is not None:
