@@ -30,7 +30,9 @@ def displayed(doc: dict[str, Any], nt: float, et: float, pinned: list[str]) -> D
 
 def select(node_id: str | None, *, from_picker: bool = False) -> None:
     S["graph_clicked"] = node_id
-    if not from_picker:  # the picker follows clicks in the chart (set before it is drawn)
+    if from_picker:  # a later click on the chart's last-clicked node counts again
+        S["graph_last_click"] = None
+    else:  # the picker follows clicks in the chart (set before it is drawn)
         S["graph_node_pick"] = node_id
     state.set_query_params(node=node_id)
 
