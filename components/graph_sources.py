@@ -44,10 +44,15 @@ def origin_of(doc: dict[str, Any], models: list[ModelInfo]) -> tuple[str, str] |
     if gen.get("model") and gen.get("transcoder_set"):
         return str(gen["model"]), str(gen["transcoder_set"])
     scan = str(doc["metadata"].get("scan") or "")
+    if not scan:
+        return None
     for m in models:
         for t in m.transcoder_sets:
-            if scan and scan in {t.id, t.circuit_tracer}:
+            if scan in {t.id, t.circuit_tracer}:
                 return m.id, t.id
+    for m in models:  # Neuronpedia names the scan after its model id ('gemma-2-2b')
+        if m.transcoder_sets and scan == m.neuronpedia_id:
+            return m.id, m.transcoder_sets[0].id
     return None
 
 
@@ -64,8 +69,11 @@ def generate(req: GraphRequest) -> None:
         return
     open_graph(result.graph, origin=(result.model, result.transcoder_set), result=result.model_copy(
         update={"graph": None}), name=result.slug)
+    # the URL reproduces the graph: the prompt and every setting that is not the default
+    changed = {name: (value if value != GraphRequest.model_fields[name].default else None)
+               for name, value in req.model_dump(include=set(SETTINGS)).items()}
     state.set_query_params(prompt=req.prompt if len(req.prompt) <= URL_PROMPT_LIMIT else None,
-                           transcoder_set=result.transcoder_set, graph=None)
+                           transcoder_set=result.transcoder_set, graph=None, **changed)
 
 
 # The graph server's numeric parameters: (min, max, step); defaults come from GraphRequest.
@@ -77,10 +85,16 @@ SETTINGS: dict[str, tuple[float, float, float]] = {
 
 
 def number(col: Any, name: str, low: float, high: float, step: float) -> int | float:
+    """A number input for one setting, starting from the URL's value when it has one."""
     default = GraphRequest.model_fields[name].default
     kind = int if isinstance(default, int) else float
-    value = col.number_input(name, kind(low), kind(high), default, kind(step), key=f"graph_{name}")
-    return kind(value)
+    key = f"graph_{name}"
+    if key not in S:
+        try:
+            S[key] = min(max(kind(state.query_param(name, str(default))), kind(low)), kind(high))
+        except ValueError:
+            S[key] = default
+    return kind(col.number_input(name, kind(low), kind(high), step=kind(step), key=key))
 
 
 def render_generate_form(model: ModelInfo) -> None:

@@ -63,6 +63,18 @@ def test_estimate_then_generate_shows_the_graph(generated, backend):
     assert list(trace["customdata"]) == [n.id for n in shown.nodes]
     assert f"Showing {len(shown.nodes):,} of {len(doc['nodes']):,} nodes" in captions(at)
     assert at.query_params["prompt"] == PROMPT and at.query_params["transcoder_set"] == "demo"
+    assert at.query_params["max_feature_nodes"] == str(NODES) and "batch_size" not in at.query_params
+
+
+def test_a_shared_url_reproduces_the_graph_and_selection(generated):
+    at, _ = generated
+    doc = at.session_state["graph_doc"]
+    node = next(n["node_id"] for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder")
+    shared = graph_page(prompt=PROMPT, transcoder_set="demo", max_feature_nodes=str(NODES), node=node)
+    assert not shared.exception, shared.exception
+    assert shared.session_state["graph_doc"]["links"] == doc["links"]
+    assert shared.session_state["graph_clicked"] == node
+    assert shared.session_state["graph_result"].cached
 
 
 def test_select_pin_group_save_and_reload(generated):

@@ -216,13 +216,19 @@ class GraphEngine:
                                model=entry.id, transcoder_set=tc.id, n_tokens=n_tokens, estimate=est,
                                label=label, elapsed_ms=timer.ms())
         progress(0.0, f"Estimated about {est.seconds:.0f} s and {est.device_gb:.2f} GB on {est.device}…")
-        with self._lock_for(result_key):  # identical requests wait for one computation
-            hit = self.cache.get_result(result_key)
-            if hit is not None:
-                return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer,
-                                    cached=True)
-            result = self._compute(req, entry, tc, dtype, pack, raw_key, ids, est, progress)
-            self.cache.put_result(result_key, result.model_dump())
+        lock = self._lock_for(result_key)
+        try:
+            with lock:  # identical requests wait for one computation
+                hit = self.cache.get_result(result_key)
+                if hit is not None:
+                    return self._finish(GraphResult.model_validate(hit), req, entry, tc, result_key, timer,
+                                        cached=True)
+                result = self._compute(req, entry, tc, dtype, pack, raw_key, ids, est, progress)
+                self.cache.put_result(result_key, result.model_dump())
+        finally:
+            with self._locks_guard:
+                if not lock.locked():
+                    self._locks.pop(result_key, None)
         return self._finish(result, req, entry, tc, result_key, timer, cached=False)
 
     def _compute(self, req: GraphRequest, entry: ModelEntry, tc: TranscoderSetEntry, dtype: str,
