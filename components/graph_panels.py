@@ -29,6 +29,8 @@ from components import state
 from components.graph_view import node_title
 from components.text import plot_label, visible
 
+MAX_SUBGRAPH_EDGES = 300  # the strongest edges between pinned groups that are drawn
+
 
 def render_estimate(est: GraphEstimate) -> None:
     """What a graph will cost, before it runs."""
@@ -155,7 +157,7 @@ def subgraph_figure(groups: dict[str, list[str]], edges: list[tuple[str, str, fl
         y = sum(n.layer for n in found) / max(len(found), 1)
         pos[label] = (x, y)
     fig = go.Figure()
-    for a, b, w in edges:
+    for a, b, w in edges[:MAX_SUBGRAPH_EDGES]:
         fig.add_trace(go.Scatter(x=[pos[a][0], pos[b][0]], y=[pos[a][1], pos[b][1]], mode="lines",
                                  hoverinfo="skip", showlegend=False,
                                  line={"color": "#2c7fb8" if w >= 0 else "#d7301f",

@@ -50,7 +50,8 @@ def viewer(doc: dict[str, Any]) -> None:
     st.markdown(head)
     file_nt = meta.get("node_threshold")
     c = st.columns([2, 2, 1, 1])
-    nt = c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, float(file_nt or 1.0), 0.01,
+    start = min(max(float(file_nt or 1.0), 0.05), 1.0)
+    nt = c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, start, 0.01,
                      key="graph_nt",
                      help="Lower keeps fewer, more influential nodes. Never re-runs attribution.")
     et = c[1].slider("Edge weight kept (fraction of total |weight|)", 0.05, 1.0, 1.0, 0.01, key="graph_et",
