@@ -153,8 +153,12 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0, time.process_time() - c0
 
+    import resource
+
     alone()  # warm up both paths
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is in KiB)
     ours()
+    peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - rss0
     fresh_cache()
     t_alone, t_ours = [], []
     for _ in range(args.repeats):  # alternate, so a busy spell on a shared machine hits both
@@ -180,7 +184,11 @@ def main() -> None:
     print(f"  of which prune_graph {prune:.0f} ms and graph JSON {json_ms:.0f} ms; the rest of our code "
           f"{(o - a) * 1000 - prune - json_ms:+.0f} ms")
     print(f"CPU-time ratio: {o_cpu / a_cpu:.3f}; without prune_graph: {(o - prune / 1000) / a:.3f}")
-    print(f"estimate before running: {last.estimate.seconds:.1f} s ({last.estimate.seconds_basis})")
+    est = last.estimate
+    print(f"estimate before running: {est.seconds:.1f} s ({est.seconds_basis}); memory "
+          f"{est.device_gb:.3f} GB on {est.device} + {est.host_gb:.3f} GB host (peak RSS grew by "
+          f"{max(peak_growth, 0):.3f} GB "
+          "during the first request, beyond attribute alone)")
     print(f"graph JSON: {len(plain) / 1e6:.3f} MB plain, {len(gz) / 1e6:.3f} MB gzipped")
     print(f"graph_json_bytes: {len(plain)}")
     print(f"graph_request_over_attribute: {o / a:.3f}")
