@@ -242,7 +242,8 @@ class GraphEngine:
         s, _ = shape_of(entry, tc, est.n_tokens, dtype)
         loaded = None
         if graph is None or ids is None:  # a cached graph needs no model, only the tokenizer
-            loaded = self.replacement_model(entry, tc, progress)
+            # loading reports 0..1 of its own; keep the bar at the start of attribution meanwhile
+            loaded = self.replacement_model(entry, tc, lambda f, m: progress(None if f is None else 0.0, m))
         if ids is None:  # the tokenizer's files came with the model
             with self.tokenizers.using(entry, pack) as tok:
                 ids = prompt_ids(tok, req.prompt) if tok is not None else None
