@@ -22,13 +22,14 @@ PAGES = {
     "steer": st.Page("pages/steer.py", title="Steering", icon=":material/tune:", url_path="steer"),
     "compare": st.Page("pages/compare.py", title="Model compare", icon=":material/compare_arrows:",
                        url_path="compare"),
+    "graph": st.Page("pages/graph.py", title="Attribution graph", icon=":material/account_tree:", url_path="graph"),
     "system": st.Page("pages/system.py", title="System", icon=":material/memory:", url_path="system"),
 }
 state.PAGES.clear()
 state.PAGES.update(PAGES)
 
 navigation = st.navigation({
-    "Explore": [PAGES["highlighter"], PAGES["features"], PAGES["steer"], PAGES["compare"]],
+    "Explore": [PAGES["highlighter"], PAGES["features"], PAGES["graph"], PAGES["steer"], PAGES["compare"]],
     "Settings": [PAGES["system"]],
 })
 state.snapshot_query_params()  # before the sidebar rewrites model/sae_set

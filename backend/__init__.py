@@ -18,12 +18,8 @@ def get_backend(settings: Settings | None = None) -> Backend:
 
     settings = settings or get_settings()
     if settings.backend == "remote":
-        try:
-            from backend.remote import RemoteBackend
-        except ImportError:
-            from backend.errors import NotImplementedYet
+        from backend.remote import RemoteBackend
 
-            raise NotImplementedYet("remote", "The remote backend") from None
         if not settings.remote_url:
             from backend.errors import InvalidRequest
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Callable, Literal, Protocol, runtime_checkable
 
-from backend.errors import NotImplementedYet
 from backend.schemas import (
     AnalyzeRequest,
     AnalyzeResult,
@@ -77,16 +76,3 @@ class Backend(Protocol):
     def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult: ...
 
     def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult: ...
-
-
-class PendingMethods:
-    """Mixin for backends still growing: each method not yet built says so politely."""
-
-    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
-        raise NotImplementedYet("sweep", "The alpha sweep")
-
-    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult:
-        raise NotImplementedYet("experiment", "Intervention experiments")
-
-    def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
-        raise NotImplementedYet("attribute", "Attribution graphs")

@@ -34,6 +34,7 @@ class Limits(BaseSettings):
     max_feature_nodes: int = Field(10_000, ge=1, description="Feature nodes in a graph.")
     max_graph_prompt_tokens: int = Field(256, ge=1, description="Tokens of a graph prompt.")
     max_batch_size: int = Field(256, ge=1, description="Attribution batch size.")
+    max_graph_logits: int = Field(50, ge=1, description="Logit nodes (max_n_logits) in a graph.")
     max_compare_models: int = Field(4, ge=1, description="Models in one comparison.")
     max_compare_sentences: int = Field(32, ge=1, description="Sentences in one comparison.")
     max_compare_terms: int = Field(32, ge=0, description="Domain terms in one comparison.")
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
                                      "on first use (the rest is left out, and results say so).")
 
     limits: Limits = Field(default_factory=Limits)
+    graph_cache_gb: float = Field(4.0, ge=0, description="Disk kept for unpruned attribution graphs "
+                                                         "(re-pruning without re-running); 0 disables.")
 
     # The remote backend's HTTP client (backend/remote.py).
     remote_timeout_s: float = Field(900.0, gt=0,

@@ -15,8 +15,9 @@ from backend.demo.pack import DemoPack, fill_entry, find_pack
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.explanations import ExplanationStore
 from backend.local import analysis, compare, steering
+from backend.local.graphs import GraphEngine
 from backend.local.models import LoadedModel, ModelManager
-from backend.protocol import PendingMethods, Progress
+from backend.protocol import Progress
 from backend.schemas import (
     AnalyzeRequest,
     AnalyzeResult,
@@ -28,6 +29,8 @@ from backend.schemas import (
     ExperimentResult,
     FeatureRequest,
     FeatureResult,
+    GraphRequest,
+    GraphResult,
     InfoResult,
     LoadedModelInfo,
     MemoryEstimate,
@@ -47,7 +50,7 @@ from backend.settings import Settings, get_settings
 GB = compute.GB
 
 
-class LocalBackend(PendingMethods):
+class LocalBackend:
     kind = "local"
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -253,3 +256,11 @@ class LocalBackend(PendingMethods):
         from backend.corpus import dashboard
 
         return dashboard.search(self, req, progress)
+
+    # ------------------------------------------------------------------ attribution graphs
+    @functools.cached_property
+    def graphs(self) -> GraphEngine:
+        return GraphEngine(self)
+
+    def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
+        return self.graphs.attribute(req, progress)

@@ -124,6 +124,10 @@ class ModelManager:
             text += f", and {free / GB:.2f} GB is free on the {self.device}"
         return text
 
+    def make_room(self, need: int, keep: str | None) -> bool:
+        """Unload idle models (not `keep`) until `need` more bytes fit, e.g. for a graph's workspace."""
+        return self._make_room(need, keep)
+
     def _make_room(self, need: int, keep: str | None) -> bool:
         """Unload idle models, least recently used first, until `need` bytes fit. True if it fits."""
         while True:

@@ -35,7 +35,7 @@ from backend.schemas.feature import (
     SearchRequest,
     SearchResult,
 )
-from backend.schemas.graph import GraphRequest, GraphResult
+from backend.schemas.graph import GraphEstimate, GraphRequest, GraphResult
 from backend.schemas.experiment import (
     ExperimentFeature,
     ExperimentRequest,
@@ -93,6 +93,7 @@ __all__ = [
     "FeatureRequest",
     "FeatureResult",
     "FeatureTarget",
+    "GraphEstimate",
     "GraphRequest",
     "GraphResult",
     "Histogram",

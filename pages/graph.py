@@ -1,0 +1,135 @@
+"""Attribution graphs: build one with circuit-tracer for a prompt, or open a graph file, and explore it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from backend.graph_display import DisplayGraph, display_graph
+from backend.graphfile import library_dir, save_to_library
+from backend.schemas import GraphResult
+from components import state
+from components.graph_panels import nodes_frame, render_node_panel, render_pins, render_save
+from components.graph_sources import render_generate_form, render_open_form
+from components.graph_view import node_title, render_graph_view
+
+S = st.session_state
+
+
+def displayed(doc: dict[str, Any], nt: float, et: float, pinned: list[str]) -> DisplayGraph:
+    """The display-pruned graph, memoised per view so reruns (hover, clicks) cost nothing."""
+    key = (S["graph_doc_id"], nt, et, tuple(pinned))
+    memo = S.setdefault("graph_display_memo", {})
+    if key not in memo:
+        if len(memo) > 6:
+            memo.clear()
+        memo[key] = display_graph(doc, nt, et, pinned)
+    return memo[key]
+
+
+def select(node_id: str | None, *, from_picker: bool = False) -> None:
+    S["graph_clicked"] = node_id
+    if from_picker:  # a later click on the chart's last-clicked node counts again
+        S["graph_last_click"] = None
+    else:  # the picker follows clicks in the chart (set before it is drawn)
+        S["graph_node_pick"] = node_id
+    state.set_query_params(node=node_id)
+
+
+def viewer(doc: dict[str, Any]) -> None:
+    meta = doc["metadata"]
+    result: GraphResult | None = S.get("graph_result")
+    name = meta.get("slug") or S.get("graph_name") or "graph"
+    head = f"**{name}** · {meta.get('scan') or 'unknown transcoders'}"
+    if result is not None:
+        head += (f" · {result.n_active_features:,} active features, {result.n_feature_nodes:,} attributed"
+                 f" · {'from the cache' if result.cached else f'{result.elapsed_ms / 1000:.1f} s'}")
+        if result.label:
+            st.info(f"Graph of a {result.label}.", icon=":material/science:")
+    st.markdown(head)
+    file_nt = meta.get("node_threshold")
+    c = st.columns([2, 2, 1, 1])
+    start = min(max(float(file_nt or 1.0), 0.05), 1.0)
+    nt = c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, start, 0.01,
+                     key="graph_nt",
+                     help="Lower keeps fewer, more influential nodes. Never re-runs attribution.")
+    et = c[1].slider("Edge weight kept (fraction of total |weight|)", 0.05, 1.0, 1.0, 0.01, key="graph_et",
+                     help="Lower keeps only the strongest edges.")
+    colour_by = c[2].selectbox("Colour", ["influence", "activation", "type"], key="graph_colour")
+    size_by = c[3].selectbox("Size", ["influence", "activation", "uniform"], key="graph_size")
+    pinned, supernodes = S["graph_pinned"], S["graph_supernodes"]
+    graph = displayed(doc, nt, et, pinned)
+    notes = [f"Showing {len(graph.nodes):,} of {graph.total_nodes:,} nodes and {len(graph.edges):,} of "
+             f"{graph.total_edges:,} edges."]
+    if graph.edges_capped:
+        notes.append("Edges capped to the strongest.")
+    if graph.duplicate_ids:
+        notes.append(f"{len(graph.duplicate_ids)} node id(s) repeat in this file; their edges go to the "
+                     "first.")
+    st.caption(" ".join(notes))
+    clicked = render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}",
+                                selected=S.get("graph_clicked"), colour_by=colour_by, size_by=size_by)
+    if clicked and clicked != S.get("graph_last_click"):
+        S["graph_last_click"] = clicked
+        select(clicked)
+        st.rerun()
+    by_id = {n.id: n for n in graph.nodes}
+    options = [None, *by_id]
+    if S.get("graph_clicked") and S["graph_clicked"] not in by_id:
+        options.append(S["graph_clicked"])
+    if "graph_node_pick" not in S or S["graph_node_pick"] not in options:
+        S["graph_node_pick"] = S.get("graph_clicked") if S.get("graph_clicked") in options else None
+
+    def label(i: str | None) -> str:
+        if i is None:
+            return "none"
+        if i not in by_id:
+            return f"{i} (hidden at these thresholds)"
+        return f"{node_title(by_id[i], graph.tokens)}  [{i}]"
+
+    pick = st.selectbox("Selected node", options, key="graph_node_pick", format_func=label)
+    if pick != S.get("graph_clicked"):
+        select(pick, from_picker=True)
+
+    def toggle_pin(node_id: str) -> None:
+        if node_id in pinned:
+            pinned.remove(node_id)
+        else:
+            pinned.append(node_id)
+        st.rerun()
+
+    if S.get("graph_clicked"):
+        render_node_panel(doc, graph, S["graph_clicked"], origin=S.get("graph_origin"), pinned=pinned,
+                          on_pin=toggle_pin)
+    tab_pins, tab_nodes, tab_save = st.tabs(["Pinned subgraph", "Nodes", "Save / download"])
+    with tab_pins:
+        render_pins(doc, graph, pinned, supernodes)
+    with tab_nodes:
+        st.dataframe(nodes_frame(graph), hide_index=True, key="graph_nodes_table")
+    with tab_save:
+        render_save(doc, pinned, supernodes, S.get("graph_clicked"),
+                    on_save=lambda d: str(save_to_library(d, library_dir(state.settings().data_dir))))
+
+
+def main() -> None:
+    selection = state.selection()
+    cat = state.catalog()
+    if selection is None or cat is None:
+        return
+    st.title("Attribution graph")
+    st.caption("circuit-tracer attribution graphs: which transcoder features carry the prompt to its next "
+               "token. Graphs are in circuit-tracer / Neuronpedia's JSON schema.")
+    tab_new, tab_open = st.tabs(["Generate", "Open a graph file"])
+    with tab_new:
+        render_generate_form(selection.model)
+    with tab_open:
+        render_open_form(cat.models)
+    doc = S.get("graph_doc")
+    if doc is None:
+        st.caption("Generate a graph, or open one, to explore it here.")
+        return
+    viewer(doc)
+
+
+main()
