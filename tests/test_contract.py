@@ -23,6 +23,7 @@ from backend.remote import RemoteBackend
 from backend.schemas import (
     AnalyzeRequest,
     CompareRequest,
+    CompareResult,
     EstimateRequest,
     ExperimentFeature,
     ExperimentRequest,
@@ -212,6 +213,10 @@ VOLATILE = {
     "available_gb",
     "backend",
     "remote_url",
+    # Per-process history: what this process's graph cache holds and how its estimates calibrated.
+    "cached",
+    "timings_ms",
+    "estimate",
 }
 
 
@@ -229,6 +234,8 @@ def normalise(outcome: BaseModel | BackendError) -> Any:
     data = _strip(outcome.model_dump(mode="json"))
     if isinstance(outcome, MemoryEstimate):  # its notes quote the free memory of the moment
         data["notes"] = [re.sub(r"\d+(\.\d+)?", "#", note) for note in data["notes"]]
+    if isinstance(outcome, CompareResult):  # its notes say which models this process loaded or unloaded
+        data.pop("notes")
     return type(outcome).__name__, data
 
 

@@ -80,7 +80,7 @@ def expected_edges(graph, node_mask, edge_mask) -> dict[tuple[str, str], float]:
     return {(ids[s], ids[d]): float(graph.adjacency_matrix[d, s]) for s, d in pairs}
 
 
-def test_graph_json_validates_against_circuit_tracers_models(generated):
+def test_graph_json_validates_against_circuit_tracers_models(generated, backend):
     from circuit_tracer.frontend.graph_models import Link, Metadata, Model, Node
 
     result, _ = generated
@@ -97,7 +97,7 @@ def test_graph_json_validates_against_circuit_tracers_models(generated):
     assert meta["slug"] == "fox" and meta["node_threshold"] == 0.8
     assert meta["pruning_settings"] == {"node_threshold": 0.8, "edge_threshold": 0.85}
     assert meta["generation_settings"]["max_feature_nodes"] == BUDGET
-    assert meta["scan"] == "featurescope-tiny/demo"
+    assert meta["scan"] == f"{backend.pack().manifest.name}/demo"
     assert result.n_nodes == len(doc["nodes"]) and result.n_edges == len(doc["links"])
     assert result.n_feature_nodes == min(BUDGET, result.n_active_features)
 
