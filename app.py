@@ -8,6 +8,7 @@ from components import gate, state
 from components.sidebar import render_sidebar
 
 st.set_page_config(page_title="Featurescope", page_icon=":material/biotech:", layout="wide")
+state.mark_app_shell()
 
 settings = state.settings()
 if not gate.allowed(settings):  # a visitor without access gets the sign-in page and nothing else

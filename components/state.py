@@ -25,7 +25,8 @@ T = TypeVar("T")
 def _navigation_only() -> None:
     """Streamlit runs a `pages/*.py` file on its own, without app.py (so without the sign-in gate and
     the sidebar), while no session has called st.navigation yet, e.g. for a visitor whose first
-    request is /system on a fresh server. Leave that mode now; `require_access` covers this run."""
+    request is /system on a fresh server. Leave that mode now; `require_access` reruns this run
+    through app.py."""
     try:
         from streamlit.runtime.pages_manager import PagesManager
 
@@ -37,15 +38,26 @@ def _navigation_only() -> None:
 _navigation_only()
 
 
+SHELL_KEY = "app_shell"
+
+
+def mark_app_shell() -> None:
+    """app.py calls this first on every run: pages then know the sidebar and the gate ran."""
+    st.session_state[SHELL_KEY] = True
+
+
 def require_access() -> None:
-    """Stop the run at the sign-in page unless this session may see the app. app.py checks first;
-    this catches a page that Streamlit ran without app.py."""
+    """Make sure this run went through app.py (the gate, the sidebar, the navigation), and stop at
+    the sign-in page unless this session may see the app.
+
+    A page that finds no app.py mark was run by Streamlit on its own (see `_navigation_only`); that
+    mode is gone now, so one rerun goes through app.py and opens the same page (its URL is kept).
+    The gate check after it is a second line of defence."""
     from components import gate
 
+    if not st.session_state.get(SHELL_KEY):
+        st.rerun()
     if not gate.allowed(settings()):
-        if not st.session_state.get("gate_rerun"):  # once: the rerun goes through app.py and its gate
-            st.session_state["gate_rerun"] = True
-            st.rerun()
         gate.render_gate()
         st.stop()
 

@@ -2,54 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.app_server import streamlit_server
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = "A <script>alert(1)</script> test <img src=x onerror=alert(1)> here"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(hf_cache):
-    port = free_port()
-    env = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {proc.stdout.read()}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("streamlit did not become healthy in 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with streamlit_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +65,7 @@ def test_compare_in_chromium(server, browser, output_dir):
     page = browser.new_page(viewport={"width": 1500, "height": 3400})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(server, wait_until="domcontentloaded")  # the entry page first: see DEVELOPERS.md on deep links
+    page.goto(server, wait_until="domcontentloaded")
     page.get_by_role("link", name="Model compare").click()
     sentences = page.get_by_label("Sentences (one per line)")
     sentences.wait_for(timeout=120_000)
@@ -157,3 +123,18 @@ def test_graph_view_in_chromium(server, browser, output_dir):
     page.screenshot(path=str(output_dir / "graph.png"), full_page=True)
     assert page.locator("b", has_text="fox").count() == 0, "tokens are shown as text"
     assert dialogs == []
+
+
+def test_first_visit_by_deep_link_opens_the_page_inside_the_app(hf_cache, browser):
+    """On a fresh server no session has run app.py yet, and Streamlit runs `pages/x.py` on its own
+    for a visitor whose first request is /x. The page must still open inside the app: its title,
+    the sidebar's model picker and the navigation by page titles (not file names)."""
+    with streamlit_server() as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{url}/system?model=demo", wait_until="domcontentloaded")
+        nav = page.locator("[data-testid=stSidebarNav]")
+        nav.get_by_text("Text highlighter").wait_for(timeout=120_000)  # app.py's navigation, by title
+        page.get_by_role("heading", name="System").wait_for(timeout=60_000)
+        page.locator("[data-testid=stSidebar]").get_by_text("Model", exact=True).wait_for(timeout=60_000)
+        titles = [t.split("\n")[-1] for t in nav.locator("a").all_inner_texts()]
+        assert "System" in titles and "highlighter" not in titles and "app" not in titles

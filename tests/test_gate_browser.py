@@ -4,66 +4,18 @@ app.py, so the gate must hold there too (components.state.require_access)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
-
 import pytest
 
-from tests.conftest import REPO
-from tests.test_browser import browser, free_port  # noqa: F401 (the fixture)
+from tests.app_server import streamlit_server
+from tests.test_browser import browser  # noqa: F401 (the fixture)
 
 PASSWORD = "plasma-2024"
 
 
 @pytest.fixture(scope="module")
 def gated_server(hf_cache):
-    port = free_port()
-    env = {
-        **os.environ,
-        "FEATURESCOPE_APP_AUTH": "password",
-        "FEATURESCOPE_APP_PASSWORD": PASSWORD,
-        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(REPO / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def drain() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            if "URL:" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ready.wait(120) or proc.poll() is not None:
-        proc.kill()
-        raise RuntimeError("streamlit did not start:\n" + "".join(lines))
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
+    with streamlit_server(FEATURESCOPE_APP_AUTH="password", FEATURESCOPE_APP_PASSWORD=PASSWORD) as url:
+        yield url
 
 
 def test_first_visitor_to_a_page_url_meets_the_gate(gated_server, browser, output_dir):  # noqa: F811
