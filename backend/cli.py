@@ -27,6 +27,7 @@ from backend.schemas import (
     AnalyzeRequest,
     CompareRequest,
     EstimateRequest,
+    ExplanationEdit,
     ExperimentRequest,
     FeatureRequest,
     GraphRequest,
@@ -46,6 +47,7 @@ METHODS: dict[str, tuple[type[BaseModel] | None, str]] = {
     "analyze": (AnalyzeRequest, "per-token top-k SAE features of a text"),
     "feature": (FeatureRequest, "one feature's dashboard"),
     "search": (SearchRequest, "features firing on a text, or matching an explanation"),
+    "save_explanation": (ExplanationEdit, "save your own explanation of a feature (empty text: remove it)"),
     "steer": (SteerRequest, "default vs steered generation"),
     "sweep": (SteerSweepRequest, "one feature scaled by several alphas on a prompt"),
     "experiment": (ExperimentRequest, "small intervention experiment over a corpus (large runs: "

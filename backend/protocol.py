@@ -25,6 +25,8 @@ from backend.schemas import (
     CompareRequest,
     CompareResult,
     EstimateRequest,
+    ExplanationEdit,
+    ExplanationSaved,
     ExperimentRequest,
     ExperimentResult,
     FeatureRequest,
@@ -66,6 +68,8 @@ class Backend(Protocol):
     def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult: ...
 
     def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult: ...
+
+    def save_explanation(self, req: ExplanationEdit) -> ExplanationSaved: ...
 
     def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult: ...
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.schemas import FeatureRef, FeatureRequest, FeatureResult, LayerFeature, ModelInfo, SearchRequest
+from backend.schemas import (
+    ExplanationEdit,
+    FeatureRef,
+    FeatureRequest,
+    FeatureResult,
+    LayerFeature,
+    ModelInfo,
+    SearchRequest,
+)
 from components import state
 from components.feature_dashboard import render_dashboard
 from components.feature_search import render_hits
@@ -122,8 +130,8 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
 
 def dashboard(req: FeatureRequest, refresh: bool = False) -> FeatureResult | None:
     cache: dict[str, FeatureResult] = st.session_state.setdefault("fb_cache", {})
-    key = req.model_dump_json(exclude={"new_explanation"})
-    if refresh or req.new_explanation is not None or key not in cache:
+    key = req.model_dump_json()
+    if refresh or key not in cache:
         with state.progress("Loading the feature…") as progress:
             result = state.call(state.backend().feature, req, progress=progress)
         if result is None:
@@ -164,8 +172,9 @@ def main() -> None:
         return
     to_save = render_dashboard(result, name, key="fb_dash")
     if to_save is not None:
-        if dashboard(req.model_copy(update={"new_explanation": to_save})) is not None:
-            st.toast("Explanation saved.")
+        saved = state.call(state.backend().save_explanation, ExplanationEdit(feature=req.feature, text=to_save))
+        if saved is not None and dashboard(req, refresh=True) is not None:
+            st.toast("Explanation saved." if saved.explanation_source == "user" else "Your explanation was removed.")
             st.rerun()
 
 

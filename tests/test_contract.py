@@ -27,6 +27,7 @@ from backend.schemas import (
     EstimateRequest,
     ExperimentFeature,
     ExperimentRequest,
+    ExplanationEdit,
     FeatureRef,
     FeatureRequest,
     GraphRequest,
@@ -135,6 +136,16 @@ def feature_cases() -> list[Case]:
 @contract("search")
 def search_cases() -> list[Case]:
     return [Case(SearchRequest(model="demo", sae_set="res", mode="text", text=TEXT, k=5), id="text")]
+
+
+@contract("save_explanation")
+def save_explanation_cases() -> list[Case]:
+    ref = FeatureRef(model="demo", sae_set="res", layer=0, index=5)
+    return [
+        # An empty text removes the user's explanation: the same state whichever side runs first.
+        Case(ExplanationEdit(feature=ref, text=""), id="clear"),
+        Case(ExplanationEdit(feature=ref.model_copy(update={"index": 10**6}), text="x"), NotFound, id="no-such"),
+    ]
 
 
 @contract("steer")

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from backend.corpus import layout as L
-from backend.schemas import FeatureRef, FeatureRequest, SearchRequest
+from backend.errors import LimitExceeded, NotFound
+from backend.schemas import ExplanationEdit, FeatureRef, FeatureRequest, SearchRequest
 
 
 def feature(backend, layer, index, sae_set="res", **kw):
@@ -211,13 +212,24 @@ def test_search_by_text_ranks_the_peak_activations(backend):
 
 
 def test_user_explanations_are_saved_shown_and_searchable(backend):
+    ref = FeatureRef(model="demo", sae_set="res", layer=1, index=11)
     before = feature(backend, 1, 11, n_examples=0)  # the pack's own explanation, if it has one
-    r = feature(backend, 1, 11, new_explanation="  Docstring openings about pathlib objects ")
-    assert (r.explanation, r.explanation_source) == ("Docstring openings about pathlib objects", "user")
+    saved = backend.save_explanation(ExplanationEdit(feature=ref, text="  Docstring openings about pathlib objects "))
+    assert (saved.explanation, saved.explanation_source) == ("Docstring openings about pathlib objects", "user")
     assert feature(backend, 1, 11, n_examples=0).explanation == "Docstring openings about pathlib objects"
     hits = backend.search(SearchRequest(model="demo", sae_set="res", mode="explanation", query="pathlib docstring"))
     assert [(h.feature.layer, h.feature.index) for h in hits.hits][:1] == [(1, 11)]
     assert backend.search(SearchRequest(model="demo", sae_set="res", mode="explanation", query="zebra")).hits == []
-    cleared = feature(backend, 1, 11, new_explanation="")
+    cleared = backend.save_explanation(ExplanationEdit(feature=ref, text=""))
     assert (cleared.explanation, cleared.explanation_source) == (before.explanation, before.explanation_source)
     assert cleared.explanation_source != "user"
+    assert feature(backend, 1, 11, n_examples=0).explanation_source == before.explanation_source
+
+
+def test_saving_an_explanation_checks_the_feature_and_the_length(backend):
+    with pytest.raises(NotFound, match="does not exist"):
+        backend.save_explanation(ExplanationEdit(feature=FeatureRef(model="demo", sae_set="res", layer=1,
+                                                                    index=10**6), text="x"))
+    with pytest.raises(LimitExceeded, match="FEATURESCOPE_MAX_EXPLANATION_CHARS"):
+        backend.save_explanation(ExplanationEdit(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=1),
+                                                 text="x" * (backend.limits.max_explanation_chars + 1)))

@@ -28,6 +28,8 @@ from backend.errors import InvalidRequest, LimitExceeded, NotFound, StoreError
 from backend.local import analysis
 from backend.protocol import Progress, no_progress
 from backend.schemas import (
+    ExplanationEdit,
+    ExplanationSaved,
     FeatureHit,
     FeatureRef,
     FeatureRequest,
@@ -152,6 +154,26 @@ def _logits(model: Any, dictionary: Any, index: int, n: int) -> tuple[list[Logit
             entries(bottom.indices.tolist(), (-bottom.values).tolist(), texts[k:]))
 
 
+def save_explanation(backend: Any, req: ExplanationEdit) -> ExplanationSaved:
+    """Save (or, with an empty text, remove) the user's explanation of a feature; answer with what
+    the feature is explained as now. Checks the feature exists from the catalog, loading nothing."""
+    lim = backend.limits
+    text = req.text.strip()
+    if len(text) > lim.max_explanation_chars:
+        raise LimitExceeded("The explanation (characters)", len(text), lim.max_explanation_chars,
+                            "Shorten it or raise FEATURESCOPE_MAX_EXPLANATION_CHARS.")
+    ref = req.feature
+    entry = backend.model_entry(ref.model)
+    dset = sets.resolve(entry, ref.sae_set, backend.pack() if entry.source == "demo" else None)
+    dset.check_layer(ref.layer)
+    if dset.d_sae is not None and ref.index >= dset.d_sae:
+        raise NotFound(f"Feature {ref.index} does not exist: layer {ref.layer} of {dset.display_name} has "
+                       f"{dset.d_sae} features (0–{dset.d_sae - 1}).")
+    backend.explanations.save(entry.id, dset.id, ref.layer, ref.index, text)
+    explanation, source = backend.explanations.get(entry.id, dset.id, ref.layer, ref.index)
+    return ExplanationSaved(feature=ref, explanation=explanation, explanation_source=source)
+
+
 def feature(backend: Any, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
     timer = analysis.Timer()
     progress = progress or no_progress
@@ -169,8 +191,6 @@ def feature(backend: Any, req: FeatureRequest, progress: Progress | None = None)
     if ref.index >= dictionary.d_sae:
         raise NotFound(f"Feature {ref.index} does not exist: layer {ref.layer} of {dset.display_name} has "
                        f"{dictionary.d_sae} features (0–{dictionary.d_sae - 1}).")
-    if req.new_explanation is not None:
-        backend.explanations.save(entry.id, dset.id, ref.layer, ref.index, req.new_explanation)
     model = loaded.model
     top, bottom = _logits(model, dictionary, ref.index, req.n_logits)
     explanation, source = backend.explanations.get(entry.id, dset.id, ref.layer, ref.index)

@@ -26,6 +26,8 @@ from backend.schemas import (
     CompareResult,
     EstimateRequest,
     ExperimentRequest,
+    ExplanationEdit,
+    ExplanationSaved,
     ExperimentResult,
     FeatureRequest,
     FeatureResult,
@@ -256,6 +258,11 @@ class LocalBackend:
         from backend.corpus import dashboard
 
         return dashboard.search(self, req, progress)
+
+    def save_explanation(self, req: ExplanationEdit) -> ExplanationSaved:
+        from backend.corpus import dashboard
+
+        return dashboard.save_explanation(self, req)
 
     # ------------------------------------------------------------------ attribution graphs
     @functools.cached_property

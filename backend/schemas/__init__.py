@@ -24,6 +24,8 @@ from backend.schemas.compare import (
     TermTokenization,
 )
 from backend.schemas.feature import (
+    ExplanationEdit,
+    ExplanationSaved,
     Example,
     FeatureHit,
     FeatureRequest,
@@ -82,6 +84,8 @@ __all__ = [
     "EnvironmentInfo",
     "EstimateRequest",
     "Example",
+    "ExplanationEdit",
+    "ExplanationSaved",
     "ExperimentFeature",
     "ExperimentRequest",
     "ExperimentResult",

@@ -17,9 +17,6 @@ class FeatureRequest(Request):
     examples_per_quantile: int = Field(3, ge=0, le=50)
     context_tokens: int = Field(16, ge=0, le=256, description="Tokens of context on each side.")
     n_logits: int = Field(10, ge=0, le=100, description="Top positive and negative logits.")
-    new_explanation: str | None = Field(
-        None, description="Save this as the user's explanation of the feature before answering "
-                          "(an empty text removes the user's explanation).")
 
 
 class Sampling(Result):
@@ -120,3 +117,17 @@ class SearchResult(Result):
     label: str | None = None
     notes: list[str] = Field(default_factory=list)
     elapsed_ms: float = 0.0
+
+
+class ExplanationEdit(Request):
+    """A researcher's own explanation of a feature, saved beside the pack's and Neuronpedia's."""
+
+    feature: FeatureRef
+    text: str = Field(description="The explanation; an empty text removes the user's own, so the "
+                                  "pack's or Neuronpedia's shows again.")
+
+
+class ExplanationSaved(Result):
+    feature: FeatureRef
+    explanation: str | None = Field(description="What the feature is now explained as (any source).")
+    explanation_source: str | None = Field(description="'user', 'neuronpedia', 'demo pack' or None.")
