@@ -39,7 +39,6 @@ def gpt2_shape_setup(device: str):
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     from transformers import AutoTokenizer
 
     from backend.local.dictionaries import SaeLensDictionary

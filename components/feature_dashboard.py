@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend.schemas import Example, FeatureResult, Histogram, LogitEntry, Sampling
-from components.text import plot_label, visible
+from components.text import visible
 
 _CSS = """
 <style>

@@ -134,6 +134,25 @@ def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
         status.update(label=label.removesuffix("…") + " — done", state="complete")
 
 
+def session_cached(name: str, method: str, req: Any, label: str, *, size: int = 16,
+                   refresh: bool = False) -> Any | None:
+    """`backend().<method>(req)` with a progress box, its last `size` answers kept for this session
+    by request, so going back to a view (a selection, a tab) costs nothing. None on a BackendError,
+    which is shown."""
+    cache: dict[str, Any] = st.session_state.setdefault(f"{name}_cache", {})
+    key = req.model_dump_json()
+    if refresh or key not in cache:
+        with progress(label) as update:
+            result = call(getattr(backend(), method), req, progress=update)
+        if result is None:
+            return None
+        cache.pop(key, None)
+        while len(cache) >= size:
+            cache.pop(next(iter(cache)))
+        cache[key] = result
+    return cache[key]
+
+
 @st.cache_data(ttl=60, show_spinner=False)
 def _catalog(kind: str) -> CatalogResult:
     return backend().catalog()

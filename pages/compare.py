@@ -56,19 +56,7 @@ def restore_from_url(models: list[ModelInfo], current: str | None) -> None:
 
 
 def run_compare(req: CompareRequest) -> CompareResult | None:
-    """Results are kept per request for the session, so changing a view costs nothing."""
-    cache: dict[str, CompareResult] = st.session_state.setdefault("cmp_cache", {})
-    key = req.model_dump_json()
-    if key not in cache:
-        with state.progress("Comparing models…") as progress:
-            result = state.call(state.backend().compare, req, progress=progress)
-        if result is None:
-            return None
-        if len(cache) > 8:
-            cache.pop(next(iter(cache)))
-        cache[key] = result
-    return cache[key]
-
+    return state.session_cached("cmp", "compare", req, "Comparing models…", size=8)
 
 def layer_choices(models: list[ModelInfo], chosen: list[str]) -> dict[str, int]:
     """Per-model SAE layer pickers (only when the user asks to choose layers)."""

@@ -21,8 +21,6 @@ from components import state
 from components.feature_dashboard import render_dashboard
 from components.feature_search import render_hits
 
-CACHE_SIZE = 32
-
 
 def dictionary_options(model: ModelInfo) -> dict[str, tuple[str, list[int], int | None]]:
     """set id -> (display name, layers, number of features), SAE sets then per-layer transcoder sets."""
@@ -129,18 +127,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
 
 
 def dashboard(req: FeatureRequest, refresh: bool = False) -> FeatureResult | None:
-    cache: dict[str, FeatureResult] = st.session_state.setdefault("fb_cache", {})
-    key = req.model_dump_json()
-    if refresh or key not in cache:
-        with state.progress("Loading the feature…") as progress:
-            result = state.call(state.backend().feature, req, progress=progress)
-        if result is None:
-            return None
-        if len(cache) >= CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = result
-    return cache[key]
-
+    return state.session_cached("fb", "feature", req, "Loading the feature…", size=32, refresh=refresh)
 
 def main() -> None:
     selection = state.selection()

@@ -42,19 +42,7 @@ def select(feature: tuple[int, int] | None) -> None:
 
 
 def analyze(req: AnalyzeRequest) -> AnalyzeResult | None:
-    """Results are kept per request for the session, so re-selecting costs nothing."""
-    cache: dict[str, AnalyzeResult] = st.session_state.setdefault("hl_cache", {})
-    key = req.model_dump_json()
-    if key not in cache:
-        with state.progress("Analysing…") as progress:
-            result = state.call(state.backend().analyze, req, progress=progress)
-        if result is None:
-            return None
-        if len(cache) > 32:
-            cache.pop(next(iter(cache)))
-        cache[key] = result
-    return cache[key]
-
+    return state.session_cached("hl", "analyze", req, "Analysing…", size=32)
 
 def main() -> None:
     selection = state.selection()

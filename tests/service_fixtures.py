@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import os
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from tests.conftest import REPO
+from tests.servers import free_port, running
 
 
 class Spy:
@@ -74,60 +72,18 @@ class ServiceProcess:
         return "".join(self.log)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def service_process(
     env: dict[str, str], key: str, startup_timeout_s: float = 180
 ) -> Iterator[ServiceProcess]:
     """`python -m backend.service --host 127.0.0.1 --port N` in a subprocess, ready when uvicorn
     says it is running (read from its log, no polling)."""
-    port = _free_port()
-    full_env = {**os.environ, **env, "FEATURESCOPE_API_KEY": key, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend.service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "info",
-        ],
-        cwd=REPO,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    server = ServiceProcess(url=f"http://127.0.0.1:{port}", key=key, proc=proc)
-    ready = threading.Event()
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            server.log.append(line)
-            if "Uvicorn running on" in line:
-                ready.set()
-        ready.set()  # the process ended
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        if not ready.wait(startup_timeout_s) or proc.poll() is not None:
-            raise RuntimeError(f"the service did not start:\n{server.log_text()}")
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    port = free_port()
+    args = ["-m", "backend.service", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    log: deque = deque(maxlen=200)
+    with running(args, {**env, "FEATURESCOPE_API_KEY": key}, "Uvicorn running on", log,
+                 startup_timeout_s) as proc:
+        yield ServiceProcess(url=f"http://127.0.0.1:{port}", key=key, proc=proc, log=log)
 
 
 @dataclass

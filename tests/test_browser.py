@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_server import streamlit_server
+from tests.servers import streamlit_server
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = "A <script>alert(1)</script> test <img src=x onerror=alert(1)> here"

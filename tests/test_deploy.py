@@ -8,11 +8,11 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tomllib
 import types
 from pathlib import Path
 
 import pytest
+import tomllib
 from starlette.testclient import TestClient
 
 from backend.schemas import AnalyzeRequest, GraphResult

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_server import streamlit_server
+from tests.servers import streamlit_server
 from tests.test_browser import browser  # noqa: F401 (the fixture)
 
 PASSWORD = "plasma-2024"

@@ -22,9 +22,8 @@ from typing import Any, ContextManager
 import numpy as np
 import torch
 
-from backend.corpus import faults
+from backend.corpus import faults, sets
 from backend.corpus import layout as L
-from backend.corpus import sets
 from backend.corpus.writer import LayerSpec, StoreWriter
 from backend.errors import InvalidRequest, StoreError
 from backend.local.analysis import stop_layer

@@ -92,9 +92,9 @@ def train_bpe(texts: list[str], vocab_size: int, show_progress: bool = False) ->
 def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
     """Write a complete tiny pack to `out_dir` (atomically: built aside, then renamed)."""
     import torch
-    from safetensors.torch import save_file
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
+    from safetensors.torch import save_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     out_dir = Path(out_dir)

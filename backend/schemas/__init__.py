@@ -23,10 +23,18 @@ from backend.schemas.compare import (
     TermSummary,
     TermTokenization,
 )
+from backend.schemas.experiment import (
+    ExperimentFeature,
+    ExperimentRequest,
+    ExperimentResult,
+    FeatureMetrics,
+    LayerSummary,
+    Snippet,
+)
 from backend.schemas.feature import (
+    Example,
     ExplanationEdit,
     ExplanationSaved,
-    Example,
     FeatureHit,
     FeatureRequest,
     FeatureResult,
@@ -38,14 +46,6 @@ from backend.schemas.feature import (
     SearchResult,
 )
 from backend.schemas.graph import GraphEstimate, GraphRequest, GraphResult
-from backend.schemas.experiment import (
-    ExperimentFeature,
-    ExperimentRequest,
-    ExperimentResult,
-    FeatureMetrics,
-    LayerSummary,
-    Snippet,
-)
 from backend.schemas.steer import (
     AppliedIntervention,
     FeatureTarget,
