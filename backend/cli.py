@@ -17,8 +17,9 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -37,6 +38,8 @@ from backend.schemas import (
     SteerSweepRequest,
     UnloadRequest,
 )
+
+T = TypeVar("T")
 
 # method name -> (request model or None, help)
 METHODS: dict[str, tuple[type[BaseModel] | None, str]] = {
@@ -154,6 +157,20 @@ class StderrProgress:
         print(f"{bar}{message}", file=sys.stderr, flush=True)
 
 
+def run_guarded(work: Callable[[], T]) -> tuple[T | None, int]:
+    """Run a CLI's work with stdout sent to stderr (libraries print while loading; stdout is kept for
+    the answer). A `BackendError`, or a request that does not validate, prints
+    `{"error": ..., "message": ...}` on stderr and gives exit status 2. Every CLI here uses this."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return work(), 0
+    except BackendError as exc:
+        print(json.dumps(exc.to_wire()), file=sys.stderr)
+    except ValueError as exc:  # pydantic validation of the request
+        print(json.dumps({"error": "invalid_request", "message": str(exc)}), file=sys.stderr)
+    return None, 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from backend.settings import get_settings
@@ -161,18 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     if args.remote:
         settings = settings.model_copy(update={"backend": "remote", "remote_url": args.remote})
-    try:
-        # Libraries print while loading (TransformerLens does): keep stdout for the JSON alone.
-        with contextlib.redirect_stdout(sys.stderr):
-            result = _call(args, settings)
-    except BackendError as exc:
-        print(json.dumps(exc.to_wire()), file=sys.stderr)
-        return 2
-    except ValueError as exc:  # pydantic validation of the request
-        print(json.dumps({"error": "invalid_request", "message": str(exc)}), file=sys.stderr)
-        return 2
-    print(result.model_dump_json(indent=2))
-    return 0
+    result, status = run_guarded(lambda: _call(args, settings))
+    if result is not None:
+        print(result.model_dump_json(indent=2))
+    return status
 
 
 def _call(args: argparse.Namespace, settings: Any) -> BaseModel:

@@ -7,13 +7,13 @@ A `BackendError` prints `{"error", "message"}` on stderr and exits with status 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from backend.errors import BackendError, InvalidRequest
+from backend.cli import run_guarded
+from backend.errors import InvalidRequest
 
 
 class BarProgress:
@@ -137,22 +137,19 @@ def _import_seed(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    progress = None
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # libraries print while loading; stdout is the JSON
-            if args.command == "info":
-                from backend.corpus.build import summary
 
-                result = summary(args.path)
-            else:
-                progress = BarProgress()
-                result = (_build if args.command == "build" else _import_seed)(args, progress)
-    except BackendError as exc:
-        if progress is not None:
+    def work() -> dict:
+        if args.command == "info":
+            from backend.corpus.build import summary
+
+            return summary(args.path)
+        progress = BarProgress()
+        try:
+            return (_build if args.command == "build" else _import_seed)(args, progress)
+        finally:
             progress.close()
-        print(json.dumps(exc.to_wire()), file=sys.stderr)
-        return 2
-    if progress is not None:
-        progress.close()
-    print(json.dumps(result, indent=2))
-    return 0
+
+    result, status = run_guarded(work)
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return status

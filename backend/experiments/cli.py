@@ -16,15 +16,14 @@ Outputs go to `--output-dir` (see outputs.py). The run checkpoints after every b
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from backend.errors import BackendError, InvalidRequest, NotFound
+from backend.cli import run_guarded
+from backend.errors import InvalidRequest, NotFound
 
 # config key -> (flags, type, help)
 OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
@@ -217,17 +216,11 @@ class _LoadProgress:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # libraries print while loading
-            written, out = _run(args)
-    except BackendError as exc:
-        print(json.dumps(exc.to_wire()), file=sys.stderr)
-        return 2
-    except ValueError as exc:  # pydantic validation of the request
-        print(json.dumps({"error": "invalid_request", "message": str(exc)}), file=sys.stderr)
-        return 2
-    print(f"Wrote {len(written)} files to {out}; the report is {out / 'report.md'}")
-    return 0
+    done, status = run_guarded(lambda: _run(args))
+    if done is not None:
+        written, out = done
+        print(f"Wrote {len(written)} files to {out}; the report is {out / 'report.md'}")
+    return status
 
 
 def _run(args: argparse.Namespace) -> tuple[list[Path], Path]:
