@@ -47,6 +47,7 @@ def demo_pair(n_tokens: int):
 
     be = LocalBackend()
     loaded = be.load("demo")
+    n_tokens = min(n_tokens, loaded.model.cfg.n_ctx)  # one pass: no longer than the model's context
     tok = loaded.model.tokenizer
     words = (Path(__file__).read_text() * 20).split()
     text, n = "", 0
