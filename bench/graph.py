@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--max-feature-nodes", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gemma-shape", action="store_true")
     parser.add_argument("--layers", type=int, default=26, help="with --gemma-shape")
     parser.add_argument("--width", type=int, default=16384, help="transcoder width, with --gemma-shape")
