@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test setup browser demo bench lock service clean
+.PHONY: run test setup browser demo demo-store bench lock service clean
 
 run: setup  ## set up, then open the app in the browser
 	$(PY) -m streamlit run app.py --server.port $(PORT)
@@ -29,8 +29,13 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-demo: setup  ## rebuild the offline demo pack in assets/demo
+demo: setup  ## rebuild the offline demo pack in assets/demo, then its corpus stores
 	$(PY) -m backend.demo build
+	$(MAKE) demo-store
+
+demo-store: setup  ## the demo pack's corpus stores over its whole corpus (first use builds a smaller one)
+	$(PY) -m backend.corpus build --model demo --sae-set res
+	$(PY) -m backend.corpus build --model demo --sae-set demo
 
 bench: setup  ## run every benchmark with its default (quick) sizes
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     )
     demo_dir: Path = Field(REPO_ROOT / "assets" / "demo", description="The offline demo pack.")
     demo_store_max_tokens: int = Field(
-        2_000_000, ge=1, description="Tokens of the demo pack's corpus encoded when its corpus store is built "
-                                     "on first use (the rest is left out, and results say so).")
+        300_000, ge=1, description="Tokens of the demo pack's corpus encoded when its corpus store is built "
+                                   "on first use (about a minute on a CPU; the rest is left out, and results "
+                                   "say so). `make demo-store` builds the stores over the whole corpus.")
 
     limits: Limits = Field(default_factory=Limits)
     graph_cache_gb: float = Field(4.0, ge=0, description="Disk kept for unpruned attribution graphs "
