@@ -12,13 +12,24 @@ from backend.schemas import AnalyzeResult, TrackedActivations
 from components.text import plot_label, visible
 
 
-def top_features_frame(result: AnalyzeResult, layers: Sequence[int]) -> pd.DataFrame:
-    """One row per (token, active feature) of the chosen layers, strongest first per token."""
+def shown_positions(result: AnalyzeResult, include_special: bool) -> list[int]:
+    """Token positions to tabulate and plot. Special tokens (BOS) are left out unless asked for:
+    SAEs fire hard and meaninglessly there (attention-sink activations), drowning the text."""
+    return [t.position for t in result.tokens if include_special or not t.special]
+
+
+def top_features_frame(result: AnalyzeResult, layers: Sequence[int],
+                       positions: Sequence[int] | None = None) -> pd.DataFrame:
+    """One row per (token, active feature) of the chosen layers at `positions` (None: every token),
+    strongest first per token."""
     rows = []
+    keep = set(range(len(result.tokens)) if positions is None else positions)
     for lt in result.layers:
         if lt.layer not in layers:
             continue
         for pos, (indices, values) in enumerate(zip(lt.indices, lt.values)):
+            if pos not in keep:
+                continue
             tok = visible(result.tokens[pos].text)
             for rank, (index, value) in enumerate(zip(indices, values)):
                 rows.append({"pos": pos, "token": tok, "layer": lt.layer, "feature": index,
@@ -54,28 +65,31 @@ def render_top_features_table(frame: pd.DataFrame, *, key: str) -> tuple[int, in
     return None
 
 
-def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], max_features: int = 30) -> go.Figure:
-    """Tokens x top features (by peak activation); zero where a feature is not in a token's top-k."""
+def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], positions: Sequence[int] | None = None,
+                   max_features: int = 30) -> go.Figure:
+    """Tokens (at `positions`; None: all) x top features by peak activation there; zero where a
+    feature is not in a token's top-k."""
+    cols = list(range(len(result.tokens))) if positions is None else list(positions)
     peak: dict[tuple[int, int], float] = {}
     names: dict[tuple[int, int], str] = {}
     for lt in result.layers:
         if lt.layer not in layers:
             continue
-        for indices, values in zip(lt.indices, lt.values):
-            for index, value in zip(indices, values):
+        for pos in cols:
+            for index, value in zip(lt.indices[pos], lt.values[pos]):
                 key = (lt.layer, index)
                 peak[key] = max(peak.get(key, 0.0), value)
                 names[key] = lt.explanations.get(index, "")
     chosen = sorted(peak, key=lambda k: -peak[k])[:max_features]
-    z = [[0.0] * len(result.tokens) for _ in chosen]
+    z = [[0.0] * len(cols) for _ in chosen]
     row_of = {k: i for i, k in enumerate(chosen)}
     for lt in result.layers:
-        for pos, (indices, values) in enumerate(zip(lt.indices, lt.values)):
-            for index, value in zip(indices, values):
+        for j, pos in enumerate(cols):
+            for index, value in zip(lt.indices[pos], lt.values[pos]):
                 i = row_of.get((lt.layer, index))
                 if i is not None:
-                    z[i][pos] = value
-    x = [plot_label(t.text, t.position) for t in result.tokens]
+                    z[i][j] = value
+    x = [plot_label(result.tokens[pos].text, pos) for pos in cols]
     y = [plot_label(f"{layer}:{index} {names[(layer, index)][:40]}".strip()) for layer, index in chosen]
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Oranges", hoverongaps=False,
                                hovertemplate="%{y}<br>%{x}<br>activation %{z:.3f}<extra></extra>"))

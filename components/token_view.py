@@ -137,8 +137,11 @@ _component = st.components.v2.component("featurescope.token_view", html=_HTML, c
 
 
 def token_view_data(result: AnalyzeResult, layers: Sequence[int], selected: tuple[int, int] | None,
-                    selected_values: Sequence[float] | None, selected_label: str | None) -> dict:
-    """The plain data the strip renders (also what tests inspect)."""
+                    selected_values: Sequence[float] | None, selected_label: str | None,
+                    scale_positions: Sequence[int] | None = None) -> dict:
+    """The plain data the strip renders (also what tests inspect). The tint's full strength is the
+    selected feature's peak over `scale_positions` (None: every token), so a BOS spike left out of
+    the tables does not wash out the text."""
     by_layer = {lt.layer: lt for lt in result.layers if lt.layer in layers}
     features = []
     for pos in range(len(result.tokens)):
@@ -152,7 +155,8 @@ def token_view_data(result: AnalyzeResult, layers: Sequence[int], selected: tupl
         "tokens": [{"t": t.text, "s": t.special} for t in result.tokens],
         "features": features,
         "values": values,
-        "max": max([v for v in (values or []) if v > 0] or [0.0]),
+        "max": max([v for p, v in enumerate(values or [])
+                    if v > 0 and (scale_positions is None or p in scale_positions)] or [0.0]),
         "selected": None if selected is None else f"{selected[0]}:{selected[1]}",
         "selected_label": selected_label,
     }

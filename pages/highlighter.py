@@ -10,6 +10,7 @@ from components.feature_links import render_feature_actions
 from components.feature_views import (
     heatmap_figure,
     render_top_features_table,
+    shown_positions,
     top_features_frame,
     tracked_figure,
 )
@@ -99,10 +100,16 @@ def main() -> None:
         st.info(f"Results from a {result.label}.", icon=":material/science:")
 
     shown_layers = [lt.layer for lt in result.layers]
+    c_show, c_special = st.columns([1, 1], vertical_alignment="bottom")
     if len(shown_layers) > 1:
-        pick = st.selectbox("Show layer", ["All analysed layers", *shown_layers], key="hl_show")
+        pick = c_show.selectbox("Show layer", ["All analysed layers", *shown_layers], key="hl_show")
         if pick != "All analysed layers":
             shown_layers = [int(pick)]
+    include_special = c_special.checkbox(
+        "Include special tokens (BOS)", key="hl_special",
+        help="SAEs fire hard and meaninglessly on BOS (an attention sink); by default the tables, the "
+             "heatmap and the tint's scale leave special tokens out.")
+    positions = shown_positions(result, include_special)
 
     selected_values, label = None, None
     if chosen:
@@ -110,7 +117,7 @@ def main() -> None:
         if tracked is not None:
             selected_values = tracked.values
             label = f"{chosen[0]}:{chosen[1]}" + (f" ({tracked.explanation})" if tracked.explanation else "")
-    data = token_view_data(result, shown_layers, chosen, selected_values, label)
+    data = token_view_data(result, shown_layers, chosen, selected_values, label, set(positions))
     clicked = render_token_view(data, key="hl_tokens")
     if clicked:
         f = LayerFeature.parse(clicked)
@@ -121,7 +128,7 @@ def main() -> None:
     if chosen:
         render_feature_actions(model, sae_set, chosen, selected_values, on_clear=lambda: select(None))
 
-    frame = top_features_frame(result, shown_layers)
+    frame = top_features_frame(result, shown_layers, positions)
     tab_table, tab_heat, tab_track = st.tabs(["Top features per token", "Heatmap", "Tracked features"])
     with tab_table:
         picked = render_top_features_table(frame, key="hl_table")
@@ -132,7 +139,7 @@ def main() -> None:
         if frame.empty:
             st.caption("No active features to plot.")
         else:
-            st.plotly_chart(heatmap_figure(result, shown_layers), key="hl_heatmap", width="stretch")
+            st.plotly_chart(heatmap_figure(result, shown_layers, positions), key="hl_heatmap", width="stretch")
     with tab_track:
         if result.tracked:
             st.plotly_chart(tracked_figure(result, result.tracked), key="hl_tracked", width="stretch")

@@ -55,16 +55,33 @@ def test_highlighter_shows_tokens_as_text_never_markup(analysed, backend):
     assert joined == XSS, "the strip receives the exact text, to be written with textContent"
     markup = all_markup(analysed)
     assert "<script" not in markup and "<img" not in markup
-    # The per-token table holds the same features as the backend, token by token.
+    # The per-token table holds the same features as the backend, token by token (BOS left out).
     frame = analysed.dataframe[0].value
     assert isinstance(frame, pd.DataFrame)
     lt = want.layers[0]
+    assert want.tokens[0].special and lt.indices[0], "features fire on BOS: the table must leave it out"
     expected_rows = [(pos, i, v) for pos, (idx, vals) in enumerate(zip(lt.indices, lt.values))
-                     for i, v in zip(idx, vals)]
+                     if not want.tokens[pos].special for i, v in zip(idx, vals)]
     got_rows = list(zip(frame["pos"], frame["feature"], frame["activation"]))
     assert [(p, i) for p, i, _ in got_rows] == [(p, i) for p, i, _ in expected_rows]
     assert [a for _, _, a in got_rows] == pytest.approx([round(a, 4) for _, _, a in expected_rows], abs=1e-4)
     assert any("<" in tok for tok in frame["token"]), "tables show tokens as plain text"
+
+
+def test_special_tokens_join_the_table_and_heatmap_when_asked(hf_cache, backend):
+    text = "Special tokens on request."
+    at = app(model="demo", sae_set="res", text=text, layer="1", k="3").run()
+    assert not at.exception, at.exception
+    want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=3))
+    assert 0 not in set(at.dataframe[0].value["pos"])
+    (chart,) = at.get("plotly_chart")
+    assert len(json.loads(chart.proto.spec)["data"][0]["x"]) == len(want.tokens) - 1
+    at.checkbox(key="hl_special").check().run()
+    assert not at.exception, at.exception
+    frame = at.dataframe[0].value
+    assert list(frame[frame["pos"] == 0]["feature"]) == want.layers[0].indices[0]
+    (chart,) = at.get("plotly_chart")
+    assert len(json.loads(chart.proto.spec)["data"][0]["x"]) == len(want.tokens)
 
 
 def test_highlighter_heatmap_escapes_token_labels(analysed):
