@@ -16,26 +16,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.timing import timed  # noqa: E402
 
-def timed(fn, repeats: int, device: str) -> float:
-    import torch
 
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def median_seconds(fn, repeats: int, device: str) -> float:
+    return statistics.median(timed(fn, device)[0] for _ in range(repeats))
 
 
 def demo_pair(n_tokens: int):
@@ -116,8 +106,8 @@ def main() -> None:
     else:
         bare, full, device, n, name = demo_pair(args.tokens)
     bare()
-    t_bare = timed(bare, args.repeats, device)
-    t_full = timed(full, args.repeats, device)
+    t_bare = median_seconds(bare, args.repeats, device)
+    t_full = median_seconds(full, args.repeats, device)
     print(f"model: {name}; device: {device}; threads: {torch.get_num_threads()}; tokens: {n}")
     print(f"bare_forward_ms: {t_bare * 1000:.1f}")
     print(f"full_analysis_ms: {t_full * 1000:.1f}")

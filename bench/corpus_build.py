@@ -22,11 +22,12 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.timing import timed  # noqa: E402
 
 
 def demo_setup(n_tokens: int):
@@ -110,17 +111,12 @@ def main() -> None:
     batch_rows = max(1, args.batch_tokens // args.seq_len)
     rows, _ = windows(docs, args.seq_len, bos, pad)
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     stop = stop_layer([d.hook_name for d in dicts])
 
     def bare(stop_at_layer: int | None = None) -> None:
         with torch.inference_mode():
             for a in range(0, len(rows), batch_rows):
                 model(torch.as_tensor(rows[a:a + batch_rows], device=device), stop_at_layer=stop_at_layer)
-        sync()
 
     def build(out: Path) -> None:
         specs = [LayerSpec(d.layer, d.d_sae, min(args.k, d.d_sae), d.hook_name) for d in dicts]
@@ -130,23 +126,16 @@ def main() -> None:
         encode_documents(lambda: contextlib.nullcontext(model), dicts, docs, writer, seq_len=args.seq_len, bos=bos,
                          pad=pad, batch_rows=batch_rows, k=args.k)
         merge_stores([writer.finish()], out / "store.h5")
-        sync()
 
     bare()  # warm up
     t_bare, t_layers, t_build = [], [], []
     with tempfile.TemporaryDirectory(prefix="corpus-build-bench-") as tmp:
         for i in range(args.repeats):  # alternate, keep the best of each
-            t0 = time.perf_counter()
-            bare()
-            t_bare.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            bare(stop)
-            t_layers.append(time.perf_counter() - t0)
+            t_bare.append(timed(bare, device)[0])
+            t_layers.append(timed(lambda: bare(stop), device)[0])
             out = Path(tmp) / str(i)
             out.mkdir()
-            t0 = time.perf_counter()
-            build(out)
-            t_build.append(time.perf_counter() - t0)
+            t_build.append(timed(lambda: build(out), device)[0])
     fwd, lay, bld = n_tokens / min(t_bare), n_tokens / min(t_layers), n_tokens / min(t_build)
     print(f"model: {name}; device: {device}; threads: {torch.get_num_threads()}; tokens: {n_tokens:,} "
           f"in windows of {args.seq_len}, {batch_rows} per batch; k={args.k}; layers run: {stop}")

@@ -24,13 +24,14 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(tempfile.mkdtemp(prefix="featurescope-bench-graph-"))
 os.environ["FEATURESCOPE_DATA_DIR"] = str(DATA)  # a fresh cache: nothing from earlier runs
+
+from bench.timing import timed  # noqa: E402
 
 
 def gemma_shape_catalog(layers: int, width: int, vocab: int) -> Path:
@@ -143,15 +144,9 @@ def main() -> None:
         be.graphs.cache.flush()
         shutil.rmtree(be.graphs.cache.root, ignore_errors=True)
 
-    def timed(fn) -> tuple[float, float]:
+    def seconds(fn) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this process)."""
-        if be.device == "cuda":
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        if be.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, time.process_time() - c0
+        return timed(fn, be.device)
 
     import resource
 
@@ -162,8 +157,8 @@ def main() -> None:
     fresh_cache()
     t_alone, t_ours = [], []
     for _ in range(args.repeats):  # alternate, so a busy spell on a shared machine hits both
-        t_alone.append(timed(alone))
-        t_ours.append(timed(ours))
+        t_alone.append(seconds(alone))
+        t_ours.append(seconds(ours))
         fresh_cache()
     # best of the runs: the least disturbed (as timeit does); medians printed too
     a, o = min(w for w, _ in t_alone), min(w for w, _ in t_ours)

@@ -16,11 +16,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.timing import timed  # noqa: E402
 
 
 def demo_setup(layer: int | None):
@@ -86,20 +87,14 @@ def main() -> None:
     def steered():
         return generate(model, prompt, prompt_hooks=hooks.prompt_hooks(), step_hooks=hooks.step_hooks(), **kwargs)
 
-    def timed(fn) -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    def seconds(fn) -> float:
+        return timed(fn, device)[0]
 
     unsteered(), steered()  # warm up
     t_plain, t_steer = [], []
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
-        t_plain.append(timed(unsteered))
-        t_steer.append(timed(steered))
+        t_plain.append(seconds(unsteered))
+        t_steer.append(seconds(steered))
     plain = args.new_tokens / statistics.median(t_plain)
     steer = args.new_tokens / statistics.median(t_steer)
     print(f"model: {name}; device: {device}; threads: {torch.get_num_threads()}; prompt {args.prompt_tokens} "
