@@ -41,7 +41,7 @@ bench: setup  ## run every benchmark with its default (quick) sizes
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 service: setup  ## the HTTP service on 127.0.0.1:8000
-	$(PY) -m backend.service --host 127.0.0.1 --port 8000
+	$(PY) -m backend.http.service --host 127.0.0.1 --port 8000
 
 lock:  ## re-pin requirements.txt from requirements.in in a fresh venv
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

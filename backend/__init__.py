@@ -18,7 +18,7 @@ def get_backend(settings: Settings | None = None) -> Backend:
 
     settings = settings or get_settings()
     if settings.backend == "remote":
-        from backend.remote import RemoteBackend
+        from backend.http.remote import RemoteBackend
 
         if not settings.remote_url:
             from backend.errors import InvalidRequest

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     graph_cache_gb: float = Field(4.0, ge=0, description="Disk kept for unpruned attribution graphs "
                                                          "(re-pruning without re-running); 0 disables.")
 
-    # The remote backend's HTTP client (backend/remote.py).
+    # The remote backend's HTTP client (backend/http/remote.py).
     remote_timeout_s: float = Field(900.0, gt=0,
                                     description="Longest wait for a remote answer (graphs: minutes).")
     remote_connect_timeout_s: float = Field(10.0, gt=0, description="Wait for a connection to the remote.")
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Extra headers as JSON, e.g. {"Modal-Key": "wk-…", "Modal-Secret": "ws-…"}.',
     )
-    # The HTTP service (backend/service.py).
+    # The HTTP service (backend/http/service.py).
     upload_timeout_s: float = Field(300.0, gt=0, description="Upload of a graph to a signed_url.")
     # Who may open the app (components/gate.py): anyone ("none"), a shared password, or OIDC (st.login).
     app_auth: Literal["none", "password", "oidc"] = "none"

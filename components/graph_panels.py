@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from backend.graph_display import (
+from components.graph_display import (
     FEATURE,
     DisplayGraph,
     DisplayNode,

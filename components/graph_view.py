@@ -3,7 +3,7 @@
 x is the token position, y the layer: embeddings at the bottom, logits on top, feature and error
 nodes in between (several nodes of one layer and position share the cell side by side). Node size
 and colour follow influence, activation or type; edges are drawn in six WebGL traces by sign and
-strength. Only the display-pruned graph (`backend.graph_display`) is sent to the browser, so a
+strength. Only the display-pruned graph (`components.graph_display`) is sent to the browser, so a
 5,000-node graph stays interactive. Clicking a node selects it (returned to Python).
 
 Every text plotly shows (tokens, explanations, labels) goes through `components.text.plot_label`
@@ -21,7 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from backend.graph_display import EMBEDDING, ERROR, FEATURE, LOGIT, DisplayGraph, DisplayNode
+from components.graph_display import EMBEDDING, ERROR, FEATURE, LOGIT, DisplayGraph, DisplayNode
 from components.text import plot_label, visible
 
 KIND_COLOUR = {FEATURE: "#7b61c2", ERROR: "#9e9e9e", EMBEDDING: "#3d3d3d", LOGIT: "#2e8b57"}

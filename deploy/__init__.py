@@ -1,1 +1,1 @@
-"""Thin wrappers that run backend/service.py on Modal and RunPod (the Dockerfile covers the rest)."""
+"""Thin wrappers that run backend/http/service.py on Modal and RunPod (the Dockerfile covers the rest)."""

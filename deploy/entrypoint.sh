@@ -15,7 +15,7 @@ case "$cmd" in
             --server.headless true "$@"
         ;;
     service)
-        exec python -m backend.service --host 0.0.0.0 --port "${SERVICE_PORT:-8000}" "$@"
+        exec python -m backend.http.service --host 0.0.0.0 --port "${SERVICE_PORT:-8000}" "$@"
         ;;
     runpod)
         exec python -m deploy.runpod_worker "$@"

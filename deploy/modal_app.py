@@ -3,7 +3,7 @@
     modal secret create featurescope HF_TOKEN=hf_… FEATURESCOPE_API_KEY=…  # key optional with proxy auth
     modal deploy deploy/modal_app.py                                        # prints the service's URL
 
-- `service`: backend/service.py's FastAPI app as an ASGI app on one GPU (FEATURESCOPE_MODAL_GPU at
+- `service`: backend/http/service.py's FastAPI app as an ASGI app on one GPU (FEATURESCOPE_MODAL_GPU at
   deploy time, default "L4"). One container at most, so its one GPU lock covers every request; it
   takes 32 requests at once (waiting ones queue on the lock, /health answers throughout).
 - Auth: Modal proxy auth by default (callers send `Modal-Key` / `Modal-Secret`, a proxy auth token
@@ -62,8 +62,8 @@ secret = modal.Secret.from_name("featurescope")
 @modal.concurrent(max_inputs=32)
 @modal.asgi_app(requires_proxy_auth=PROXY_AUTH)
 def service():
-    """The HTTP service (the same app as `python -m backend.service`)."""
-    from backend.service import create_app, service_key
+    """The HTTP service (the same app as `python -m backend.http.service`)."""
+    from backend.http.service import create_app, service_key
     from backend.settings import get_settings
 
     settings = get_settings()

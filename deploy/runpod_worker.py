@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from backend.seed_routes import SEED_ROUTES
-from backend.wire import protocol_methods
+from backend.http.seed_routes import SEED_ROUTES
+from backend.http.wire import protocol_methods
 
 REQUEST_TYPES = {
     "graph": "/generate-graph",
@@ -66,7 +66,7 @@ def _failure(message: str, kind: str, status: int) -> dict[str, Any]:
 
 
 def make_handler(app: Any = None, api_key: str | None = None) -> Callable[[dict[str, Any]], Awaitable[dict]]:
-    """A RunPod handler over `app` (default: `backend.service.create_app()` on the first job)."""
+    """A RunPod handler over `app` (default: `backend.http.service.create_app()` on the first job)."""
     state: dict[str, Any] = {"app": app, "key": api_key}
     get_paths = _get_paths()
 
@@ -85,7 +85,7 @@ def make_handler(app: Any = None, api_key: str | None = None) -> Callable[[dict[
             return _failure(str(exc), "invalid_request", 422)
         body = {k: v for k, v in payload.items() if k not in JOB_FIELDS}
         if state["app"] is None:
-            from backend.service import create_app
+            from backend.http.service import create_app
             from backend.settings import get_settings
 
             settings = get_settings()

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from backend.graph_display import DisplayGraph, display_graph
+from components.graph_display import DisplayGraph, display_graph
 from backend.graphfile import library_dir, save_to_library
 from backend.schemas import GraphResult
 from components import state

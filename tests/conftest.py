@@ -89,7 +89,7 @@ def output_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def remote_service(backend, topk_catalog: Path):
-    """`python -m backend.service` on 127.0.0.1 in a subprocess, with the same catalog, HF cache and
+    """`python -m backend.http.service` on 127.0.0.1 in a subprocess, with the same catalog, HF cache and
     data dir as the `backend` fixture (whose demo pack it reuses), and a random API key."""
     import secrets
 

@@ -76,10 +76,10 @@ class ServiceProcess:
 def service_process(
     env: dict[str, str], key: str, startup_timeout_s: float = 180
 ) -> Iterator[ServiceProcess]:
-    """`python -m backend.service --host 127.0.0.1 --port N` in a subprocess, ready when uvicorn
+    """`python -m backend.http.service --host 127.0.0.1 --port N` in a subprocess, ready when uvicorn
     says it is running (read from its log, no polling)."""
     port = free_port()
-    args = ["-m", "backend.service", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    args = ["-m", "backend.http.service", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     log: deque = deque(maxlen=200)
     with running(args, {**env, "FEATURESCOPE_API_KEY": key}, "Uvicorn running on", log,
                  startup_timeout_s) as proc:

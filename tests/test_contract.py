@@ -1,4 +1,4 @@
-"""The contract: LocalBackend and RemoteBackend (over HTTP to `python -m backend.service` on
+"""The contract: LocalBackend and RemoteBackend (over HTTP to `python -m backend.http.service` on
 127.0.0.1, started by the `remote_service` fixture) give identical results and identical errors.
 
 Each protocol method has one small fixture below (`@contract("name")`) listing its cases; adding a
@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from backend.errors import BackendError, LimitExceeded, NotFound, NotImplementedYet
-from backend.remote import RemoteBackend
+from backend.http.remote import RemoteBackend
 from backend.schemas import (
     AnalyzeRequest,
     CompareRequest,
@@ -40,7 +40,7 @@ from backend.schemas import (
     UnloadRequest,
 )
 from backend.schemas.steer import FeatureTarget
-from backend.wire import protocol_methods
+from backend.http.wire import protocol_methods
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import tomllib
 from starlette.testclient import TestClient
 
 from backend.schemas import AnalyzeRequest, GraphResult
-from backend.service import create_app
+from backend.http.service import create_app
 from backend.settings import Settings
 from deploy.runpod_worker import make_handler
 from tests.conftest import REPO
@@ -78,7 +78,7 @@ def test_the_image_command_picks_app_service_or_worker(tmp_path):
     assert run_entrypoint(tmp_path, "app", PORT="8501")[7] == "8501"
     assert run_entrypoint(tmp_path, "service", "--log-level", "debug") == [
         "-m",
-        "backend.service",
+        "backend.http.service",
         "--host",
         "0.0.0.0",
         "--port",
@@ -177,7 +177,7 @@ def test_modal_app_declares_the_service_and_the_shard_function(monkeypatch):
     assert seen["decorators"]["service"]["asgi_app"] == {"requires_proxy_auth": True}
     assert seen["decorators"]["service"]["concurrent"]["max_inputs"] >= 2
 
-    client = TestClient(module.service())  # the same app as `python -m backend.service`
+    client = TestClient(module.service())  # the same app as `python -m backend.http.service`
     assert client.get("/health").status_code == 200
     assert {"/features/topk", "/generate-graph", "/api/analyze"} <= set(
         client.get("/openapi.json").json()["paths"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backend.errors import DoesNotFit, LimitExceeded, NotFound
-from backend.graph_display import display_graph
+from components.graph_display import display_graph
 from backend.graphfile import read_graph_file
 from backend.schemas import GraphRequest
 from backend.settings import Limits, Settings

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from backend.errors import InvalidRequest
-from backend.graph_display import MAX_EDGES, display_graph, node_edges, subgraph
+from components.graph_display import MAX_EDGES, display_graph, node_edges, subgraph
 from backend.graphfile import graph_bytes, parse_graph, view_state, with_view_state
 from backend.schemas import GraphRequest
 from components.graph_view import graph_figure

@@ -7,7 +7,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend.graph_display import display_graph
+from components.graph_display import display_graph
 from backend.graphfile import read_graph_file
 from backend.schemas import GraphRequest
 from tests.conftest import REPO

@@ -19,9 +19,9 @@ from backend.errors import (
     Unauthorized,
 )
 from backend.protocol import Backend
-from backend.remote import RemoteBackend
+from backend.http.remote import RemoteBackend
 from backend.schemas import AnalyzeRequest, CatalogResult, UnloadRequest
-from backend.wire import protocol_methods
+from backend.http.wire import protocol_methods
 
 REQ = AnalyzeRequest(model="demo", sae_set="res", text="hello", k=2)
 

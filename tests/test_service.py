@@ -1,4 +1,4 @@
-"""backend/service.py: the key, the limits, the GPU lock, out-of-memory recovery, signed-URL uploads,
+"""backend/http/service.py: the key, the limits, the GPU lock, out-of-memory recovery, signed-URL uploads,
 and the seed routes, against the session LocalBackend behind a spy."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import torch
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from backend import service as service_module
+from backend.http import service as service_module
 from backend.schemas import AnalyzeRequest, CatalogResult, GraphResult
 from backend.schemas.service import UploadReceipt
-from backend.service import create_app
+from backend.http.service import create_app
 from backend.settings import Limits, Settings
-from backend.upload import Uploader
-from backend.wire import protocol_methods
+from backend.http.upload import Uploader
+from backend.http.wire import protocol_methods
 from tests.service_fixtures import Spy, https_receiver, serve_in_thread
 
 KEY = "correct horse battery staple"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from backend.service import create_app
+from backend.http.service import create_app
 from backend.settings import Settings
 from tests.service_fixtures import Spy
 

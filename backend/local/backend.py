@@ -245,22 +245,22 @@ class LocalBackend:
     # ------------------------------------------------------------------ feature browser (backend/corpus)
     @functools.cached_property
     def stores(self):
-        from backend.corpus.dashboard import StoreRegistry
+        from backend.local.dashboard import StoreRegistry
 
         return StoreRegistry(self.settings.store_dir())
 
     def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
-        from backend.corpus import dashboard
+        from backend.local import dashboard
 
         return dashboard.feature(self, req, progress)
 
     def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
-        from backend.corpus import dashboard
+        from backend.local import dashboard
 
         return dashboard.search(self, req, progress)
 
     def save_explanation(self, req: ExplanationEdit) -> ExplanationSaved:
-        from backend.corpus import dashboard
+        from backend.local import dashboard
 
         return dashboard.save_explanation(self, req)
 

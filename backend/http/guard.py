@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from backend.errors import BackendError, InvalidRequest, LimitExceeded, Unauthorized
-from backend.wire import KEY_HEADERS
+from backend.http.wire import KEY_HEADERS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

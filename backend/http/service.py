@@ -1,19 +1,19 @@
-"""The HTTP service: any Backend behind FastAPI (`python -m backend.service --host 127.0.0.1 --port 8000`).
+"""The HTTP service: any Backend behind FastAPI (`python -m backend.http.service --host 127.0.0.1 --port 8000`).
 
 Routes:
 - `GET /health` (no key): status, device, GPU memory, loaded models, whether the GPU is busy.
-- The seed services' routes with their field names (`backend/seed_routes.py`): `GET /models`,
+- The seed services' routes with their field names (`backend/http/seed_routes.py`): `GET /models`,
   `POST /features/topk`, `/compare`, `/generate-graph`, `/steer`.
-- `GET|POST /api/<method>` for every protocol method, derived from the protocol (`backend/wire.py`):
+- `GET|POST /api/<method>` for every protocol method, derived from the protocol (`backend/http/wire.py`):
   a method added to the protocol is served with no new code. OpenAPI docs at `/docs`.
 
 Every route but /health needs `FEATURESCOPE_API_KEY` in `X-Api-Key` (or `x-secret-key`), checked
-with the body size before the body is read (`backend/service_guard.py`); the service will not
+with the body size before the body is read (`backend/http/guard.py`); the service will not
 start on a non-loopback address without a key. Requests are checked against the limits before
 any work (`backend/request_limits.py`). Long methods run under ONE GPU lock; a request that
 waits past `FEATURESCOPE_LOCK_TIMEOUT_S` gets 503 "busy, retry". A CUDA out-of-memory error frees
 the cache and answers 503; the next request works. A graph with `signed_url` is uploaded after
-the lock is released (`backend/upload.py`).
+the lock is released (`backend/http/upload.py`).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.errors import BackendError, Busy, InvalidRequest, NotFound, OutOfMemory
 from backend.request_limits import check_request
 from backend.schemas.service import ErrorBody, HealthResult, UploadReceipt
-from backend.seed_routes import SEED_ROUTES, SeedRoute, to_protocol
-from backend.service_guard import Guard
+from backend.http.seed_routes import SEED_ROUTES, SeedRoute, to_protocol
+from backend.http.guard import Guard
 from backend.settings import Settings, get_settings
-from backend.upload import Uploader, check_upload_url
-from backend.wire import Method, is_loopback, method_summary, protocol_methods
+from backend.http.upload import Uploader, check_upload_url
+from backend.http.wire import Method, is_loopback, method_summary, protocol_methods
 
 log = logging.getLogger("featurescope.service")
 VERSION = "0.1.0"
@@ -380,7 +380,7 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.service", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m backend.http.service", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(

@@ -1,6 +1,6 @@
-"""RemoteBackend: the Backend protocol over HTTP, against `backend/service.py` wherever it runs.
+"""RemoteBackend: the Backend protocol over HTTP, against `backend/http/service.py` wherever it runs.
 
-Its methods are made from the protocol (`backend/wire.py`), so every protocol method, including
+Its methods are made from the protocol (`backend/http/wire.py`), so every protocol method, including
 those the backend grows later, is a call to `/api/<method>`: the request model as the JSON body,
 the result model parsed from the answer. Nothing else in the app can tell it from LocalBackend.
 
@@ -37,7 +37,7 @@ from backend.errors import (
 from backend.protocol import Progress
 from backend.schemas.service import HealthResult
 from backend.settings import Settings, get_settings
-from backend.wire import Method, is_loopback, protocol_methods
+from backend.http.wire import Method, is_loopback, protocol_methods
 
 log = logging.getLogger("featurescope.remote")
 RETRY_STATUSES = frozenset({502, 503, 504})

@@ -1,7 +1,7 @@
 """The Backend protocol on the wire: one HTTP route per protocol method, read from the protocol.
 
 `METHODS` is derived from the annotations of `backend.protocol.Backend`, so a method added to the
-protocol is served by `backend/service.py` and called by `backend/remote.py` with no new code:
+protocol is served by `backend/http/service.py` and called by `backend/http/remote.py` with no new code:
 its request model is the JSON body, its result model the JSON answer, and a `progress` parameter
 marks it as long work that runs under the service's GPU lock.
 
