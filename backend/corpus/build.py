@@ -224,7 +224,7 @@ def build_store(opts: BuildOptions, *, backend: Any, progress: Progress | None =
     progress = progress or no_progress
     out = Path(opts.out).expanduser().resolve()
     entry = backend.model_entry(opts.model)
-    dset = sets.resolve(entry, opts.sae_set, backend.pack() if entry.source == "demo" else None)
+    dset = sets.resolve(entry, opts.sae_set)
     layers = list(dict.fromkeys(opts.layers)) if opts.layers else list(dset.layers)
     for layer in layers:
         dset.check_layer(layer)

@@ -79,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backend() -> Any:
-    """A LocalBackend with the settings of the environment as it is now."""
-    from backend.local import LocalBackend
+    """The runtime (catalog, models, pack) with the settings of the environment as it is now."""
+    from backend.local.runtime import Runtime
     from backend.settings import Settings
 
-    return LocalBackend(Settings())
+    return Runtime(Settings())
 
 
 def _build(args: argparse.Namespace, progress: Any) -> dict[str, Any]:

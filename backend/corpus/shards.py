@@ -111,10 +111,10 @@ def encode_batch(model: Any, dictionaries: Sequence[Any], ids: torch.Tensor, val
 
 @functools.cache
 def _container_backend() -> Any:
-    """The LocalBackend of a process that only builds shards (a Modal container)."""
-    from backend.local import LocalBackend
+    """The runtime of a process that only builds shards (a Modal container)."""
+    from backend.local.runtime import Runtime
 
-    return LocalBackend()
+    return Runtime()
 
 
 def build_shard(spec: dict[str, Any], path: Path, *, backend: Any | None = None,
@@ -124,7 +124,7 @@ def build_shard(spec: dict[str, Any], path: Path, *, backend: Any | None = None,
     backend = backend or _container_backend()
     progress = progress or no_progress
     entry = backend.model_entry(spec["model"])
-    dset = sets.resolve(entry, spec["sae_set"], backend.pack() if entry.source == "demo" else None)
+    dset = sets.resolve(entry, spec["sae_set"])
     layers = [int(x) for x in spec["layers"]]
     loaded = backend.load(entry.id, progress)
     dictionaries = sets.load(backend.models, loaded, dset, layers, progress)

@@ -171,7 +171,7 @@ def _find(demo_dir: Path, data_dir: Path) -> DemoPack:
         if not _current(tiny_dir / "manifest.json"):
             from backend.demo.tiny import build_tiny_pack
 
-            build_tiny_pack(tiny_dir)
+            build_tiny_pack(tiny_dir, {"format": FORMAT, "version": VERSION, "label": TINY_LABEL})
     return DemoPack(tiny_dir)
 
 
@@ -209,7 +209,8 @@ def fill_entry(entry: Any, pack: DemoPack) -> Any:
     for set_id, tc in entry.transcoder_sets.items():
         if set_id in pack.manifest.transcoder_sets:
             pt = pack.manifest.transcoder_sets[set_id]
-            transcoder_sets[set_id] = tc.model_copy(update={"d_transcoder": pt.d_transcoder, "kind": pt.kind})
+            transcoder_sets[set_id] = tc.model_copy(update={"d_transcoder": pt.d_transcoder, "kind": pt.kind,
+                                                                "layers": tuple(pt.layers)})
     return entry.model_copy(update={
         "n_params": safetensors_numel(pack.weights_path()),
         "n_layers": cfg["n_layers"],

@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backend.demo.pack import FORMAT, TINY_LABEL, VERSION
-
 # HookedTransformerConfig fields a pack stores (the rest take TransformerLens defaults).
 CONFIG_FIELDS = (
     "n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_mlp", "d_vocab", "d_vocab_out",
@@ -89,8 +87,11 @@ def train_bpe(texts: list[str], vocab_size: int, show_progress: bool = False) ->
     return tok
 
 
-def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
-    """Write a complete tiny pack to `out_dir` (atomically: built aside, then renamed)."""
+def build_tiny_pack(out_dir: Path, header: dict[str, Any], seed: int = 0) -> Path:
+    """Write a complete tiny pack to `out_dir` (atomically: built aside, then renamed).
+
+    `header` is the manifest's format, version and label, handed over by `pack.py` (the format's
+    owner), so this builder does not import the module that calls it."""
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -148,10 +149,8 @@ def build_tiny_pack(out_dir: Path, seed: int = 0) -> Path:
             }, str(tmp / "transcoders" / "demo" / f"layer_{layer}.safetensors"))
 
         manifest = {
-            "format": FORMAT,
-            "version": VERSION,
+            **header,
             "name": "featurescope-tiny",
-            "label": TINY_LABEL,
             "sae_sets": {
                 "res": {"hook": hook, "layers": list(range(cfg.n_layers)), "d_sae": TINY_D_SAE,
                         "dir": "saes/res", "explanations": None},

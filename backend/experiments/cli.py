@@ -227,10 +227,10 @@ def _run(args: argparse.Namespace) -> tuple[list[Path], Path]:
     from backend.experiments.outputs import write_all
     from backend.experiments.runner import execute
     from backend.experiments.state import State
-    from backend.local import LocalBackend
+    from backend.local.runtime import Runtime
 
     config = load_config(args)
-    backend = LocalBackend()
+    backend = Runtime()
     req = to_request(config, backend)
     out = Path(config.get("output_dir") or DEFAULT_OUTPUT)
     checkpoint = out / ".checkpoint"

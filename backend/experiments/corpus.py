@@ -11,7 +11,7 @@ from backend.errors import InvalidRequest, ModelUnavailable
 from backend.schemas import ExperimentRequest
 
 if TYPE_CHECKING:
-    from backend.local.backend import LocalBackend
+    from backend.local.runtime import Runtime
 
 WIKITEXT = ("wikitext", "wikitext-2-raw-v1", "test")
 
@@ -42,7 +42,7 @@ def wikitext2() -> list[str]:
     return [r.strip() for r in rows if r.strip() and not r.strip().startswith("=")]
 
 
-def passages(backend: LocalBackend, req: ExperimentRequest) -> tuple[list[str], str]:
+def passages(backend: Runtime, req: ExperimentRequest) -> tuple[list[str], str]:
     """The candidate passages, in order, and a description of where they came from."""
     if req.corpus == "texts":
         return [t.strip() for t in req.texts or [] if t.strip()], "passages given in the request"

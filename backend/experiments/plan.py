@@ -16,7 +16,7 @@ from backend.protocol import Progress
 from backend.schemas import ExperimentRequest
 
 if TYPE_CHECKING:
-    from backend.local.backend import LocalBackend
+    from backend.local.runtime import Runtime
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _layers(plan_model, fset: FeatureSet, requested: list[int] | None) -> list[i
     return list(range(plan_model.cfg.n_layers))
 
 
-def plan(backend: LocalBackend, req: ExperimentRequest, progress: Progress) -> Plan:
+def plan(backend: Runtime, req: ExperimentRequest, progress: Progress) -> Plan:
     entry = resolve_model(backend, req.model)
     fset = resolve_set(entry, req.sae_set)
     _check_hook(fset, req.hook)
@@ -75,7 +75,7 @@ def plan(backend: LocalBackend, req: ExperimentRequest, progress: Progress) -> P
     with loaded.use(backend.limits.lock_timeout_s) as model:
         tok = model.tokenizer
         for i, text in enumerate(texts):
-            ids = model.to_tokens(text, prepend_bos=fset.prepend_bos(model), truncate=False)[0].tolist()
+            ids = model.to_tokens(text, prepend_bos=fset.prepend_bos_for(model.cfg.default_prepend_bos), truncate=False)[0].tolist()
             if len(ids) < req.min_len:
                 continue
             chosen.append(Passage(i, text, ids[: req.max_len], len(ids) > req.max_len))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from backend.errors import LimitExceeded, OutOfMemory
+from backend.errors import OutOfMemory
 from backend.experiments import features as feature_choice
 from backend.experiments.plan import Passage, Plan, batch_tensors, plan
 from backend.experiments.report_data import build_result
@@ -28,10 +28,11 @@ from backend.local.feature_sets import check_index, resolve_model, resolve_set
 from backend.local.interventions import Edit, FeatureCapture, SteeringHooks
 from backend.local.steer_metrics import Sums
 from backend.protocol import Progress, no_progress
+from backend.request_limits import limits_error
 from backend.schemas import ExperimentFeature, ExperimentRequest, ExperimentResult
 
 if TYPE_CHECKING:
-    from backend.local.backend import LocalBackend
+    from backend.local.runtime import Runtime
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -65,7 +66,7 @@ def _firing_counts(model, plan: Plan, batch: list[Passage]) -> dict[int, tuple[t
 
 
 def choose_features(
-    backend: LocalBackend, plan: Plan, req: ExperimentRequest, state: State
+    backend: Runtime, plan: Plan, req: ExperimentRequest, state: State
 ) -> list[ExperimentFeature]:
     if req.feature_source == "list":
         chosen = feature_choice.from_list(req, list(plan.dicts))
@@ -214,7 +215,7 @@ def _batched(
 
 
 def run(
-    backend: LocalBackend,
+    backend: Runtime,
     req: ExperimentRequest,
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
@@ -225,7 +226,7 @@ def run(
 
 
 def execute(
-    backend: LocalBackend,
+    backend: Runtime,
     req: ExperimentRequest,
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
@@ -278,17 +279,10 @@ def execute(
 
 
 def run_request(
-    backend: LocalBackend, req: ExperimentRequest, progress: Progress | None = None
+    backend: Runtime, req: ExperimentRequest, progress: Progress | None = None
 ) -> ExperimentResult:
     """`Backend.experiment`: a small run, within the limits, with no files."""
-    lim = backend.limits
-    if req.max_passages > lim.max_experiment_passages:
-        raise LimitExceeded(
-            "max_passages",
-            req.max_passages,
-            lim.max_experiment_passages,
-            "Use fewer passages here, or run `python -m backend.experiments run` for large runs.",
-        )
+    lim = backend.limits  # request-only limits were checked by the caller (request_limits)
     if req.feature_source == "list":
         n_feats = len(req.features)
     else:
@@ -304,19 +298,7 @@ def run_request(
         n_feats = req.features_per_layer * max(n_layers, 1)
     runs = n_feats * len(req.all_alphas())
     if runs > lim.max_experiment_runs:
-        raise LimitExceeded(
-            "Features x alphas",
-            runs,
-            lim.max_experiment_runs,
-            "Test fewer features or alphas, or use the experiments CLI.",
-        )
-    if req.max_len > lim.max_prompt_tokens:
-        raise LimitExceeded("max_len", req.max_len, lim.max_prompt_tokens, "Use shorter passages.")
-    if req.texts and sum(len(t) for t in req.texts) > lim.max_text_chars * 10:
-        raise LimitExceeded(
-            "The passages (characters)",
-            sum(len(t) for t in req.texts),
-            lim.max_text_chars * 10,
-            "Give fewer or shorter passages.",
-        )
+        raise limits_error("Features x alphas", runs, lim.max_experiment_runs,
+                           "Test fewer features or alphas, or use the experiments CLI.",
+                           "FEATURESCOPE_MAX_EXPERIMENT_RUNS")
     return run(backend, req, progress)

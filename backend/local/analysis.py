@@ -12,12 +12,17 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from backend.errors import InvalidRequest, LimitExceeded
 from backend.local.dictionaries import FeatureDictionary
-from backend.schemas import LayerTopK, TokenInfo, TrackedActivations
+from backend.protocol import Progress
+from backend.schemas import AnalyzeRequest, AnalyzeResult, LayerTopK, TokenInfo, TrackedActivations
+
+if TYPE_CHECKING:
+    from backend.local.runtime import Runtime
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -166,3 +171,37 @@ class Timer:
 
     def ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000
+
+
+# ------------------------------------------------------------------ the engine: Backend.analyze
+def analyze(rt: Runtime, req: AnalyzeRequest, progress: Progress | None = None) -> AnalyzeResult:
+    """Per-token top-k features of the chosen SAE layers, and the tracked features' activations.
+    The request's limits were checked by the caller (`request_limits`); the token limit is here."""
+    timer = Timer()
+    entry = rt.model_entry(req.model)
+    sae_set = entry.sae_set(req.sae_set)
+    layers = list(sae_set.layers or ()) if req.layers is None else list(dict.fromkeys(req.layers))
+    if not layers:
+        raise InvalidRequest(f"SAE set '{sae_set.id}' has no layers to read.")
+    track: dict[int, list[int]] = {}
+    for f in req.track:
+        track.setdefault(f.layer, [])
+        if f.index not in track[f.layer]:
+            track[f.layer].append(f.index)
+    run_layers = layers + [layer for layer in track if layer not in layers]
+
+    loaded = rt.models.get(entry, rt.dtype_for(entry), progress)
+    dictionaries = rt.models.dictionaries(loaded, sae_set, run_layers, progress)
+    prepend_bos = req.prepend_bos
+    if prepend_bos is None:
+        prepend_bos = sae_set.prepend_bos if sae_set.prepend_bos is not None else \
+            bool(loaded.model.cfg.default_prepend_bos)
+    with loaded.use(rt.limits.lock_timeout_s) as model:
+        tokens = tokenize(model, req.text, prepend_bos=prepend_bos, window=sae_set.window,
+                          max_tokens=rt.limits.max_prompt_tokens)
+        captured = run_dictionaries(model, dictionaries, tokens, req.k, track)
+    explain = rt.explanations.for_set(entry.id, sae_set.id, run_layers) if req.include_explanations else {}
+    neuronpedia = {layer: sae_set.neuronpedia_for(layer) for layer in run_layers}
+    top_layers, tracked = to_results(captured, dictionaries[:len(layers)], track, explain, neuronpedia)
+    return AnalyzeResult(model=entry.id, sae_set=sae_set.id, tokens=tokens.tokens, layers=top_layers,
+                         tracked=tracked, window=tokens.window, label=loaded.label, elapsed_ms=timer.ms())

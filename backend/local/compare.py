@@ -37,7 +37,7 @@ from backend.schemas import (
 )
 
 if TYPE_CHECKING:
-    from backend.local.backend import LocalBackend
+    from backend.local.runtime import Runtime
 
 LN2 = math.log(2.0)
 _HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -82,34 +82,14 @@ def _clean_terms(terms: Sequence[str], match_case: bool) -> list[str]:
     return out
 
 
-def check_limits(backend: LocalBackend, req: CompareRequest) -> tuple[list[str], list[str], list[str]]:
-    """(models, sentences, terms) of the request, refused before any work if over a limit."""
-    lim = backend.limits
+def check_limits(backend: Runtime, req: CompareRequest) -> tuple[list[str], list[str], list[str]]:
+    """(models, sentences, terms) of the request, refused before any work if malformed (its limits
+    were checked by the caller, request_limits)."""
     models = list(dict.fromkeys(m.strip() for m in req.models))
-    if len(models) > lim.max_compare_models:
-        raise LimitExceeded("The number of models", len(models), lim.max_compare_models,
-                            "Compare fewer models at once, or raise FEATURESCOPE_MAX_COMPARE_MODELS.")
-    if len(req.sentences) > lim.max_compare_sentences:
-        raise LimitExceeded("The number of sentences", len(req.sentences), lim.max_compare_sentences,
-                            "Use fewer sentences, or raise FEATURESCOPE_MAX_COMPARE_SENTENCES.")
     terms = _clean_terms(req.domain_terms, req.match_case)
-    if len(terms) > lim.max_compare_terms:
-        raise LimitExceeded("The number of domain terms", len(terms), lim.max_compare_terms,
-                            "Use fewer terms, or raise FEATURESCOPE_MAX_COMPARE_TERMS.")
-    longest = max(terms, key=len, default="")
-    if len(longest) > lim.max_compare_term_chars:
-        raise LimitExceeded(f"The domain term '{longest[:40]}…' (characters)", len(longest),
-                            lim.max_compare_term_chars, "Use a shorter term.")
     for i, s in enumerate(req.sentences):
         if not s.strip():
             raise InvalidRequest(f"Sentence {i + 1} is empty. Remove it or type a sentence.")
-    chars = sum(len(s) for s in req.sentences)
-    if chars > lim.max_text_chars:
-        raise LimitExceeded("The sentences' length (characters, all together)", chars, lim.max_text_chars,
-                            "Use shorter or fewer sentences, or raise FEATURESCOPE_MAX_TEXT_CHARS.")
-    for what, value in (("k", req.k), ("The number of next-token guesses", req.top_guesses)):
-        if value > lim.max_k:
-            raise LimitExceeded(what, value, lim.max_k, "Ask for fewer.")
     unknown = sorted((set(req.sae_sets) | set(req.sae_layers)) - set(models))
     if unknown:
         raise InvalidRequest(f"sae_sets / sae_layers name {unknown}, which are not among the models "
@@ -117,7 +97,7 @@ def check_limits(backend: LocalBackend, req: CompareRequest) -> tuple[list[str],
     return models, list(req.sentences), terms
 
 
-def plan_model(backend: LocalBackend, model_id: str, req: CompareRequest) -> ModelPlan:
+def plan_model(backend: Runtime, model_id: str, req: CompareRequest) -> ModelPlan:
     """The catalog entry, SAE set and layer one model will be read with (refusing bad choices)."""
     entry = backend.model_entry(model_id)
     backend.models.refuse_if_too_big(entry, backend.dtype_for(entry))
@@ -157,7 +137,7 @@ def _within(progress: Progress, start: float, span: float, prefix: str) -> Progr
     return report
 
 
-def compare_models(backend: LocalBackend, req: CompareRequest,
+def compare_models(backend: Runtime, req: CompareRequest,
                    progress: Progress | None = None) -> CompareResult:
     timer = analysis.Timer()
     progress = progress or no_progress
@@ -178,7 +158,7 @@ def compare_models(backend: LocalBackend, req: CompareRequest,
                          notes=notes, elapsed_ms=timer.ms())
 
 
-def _load(backend: LocalBackend, plan: ModelPlan, notes: list[str], progress: Progress) -> LoadedModel:
+def _load(backend: Runtime, plan: ModelPlan, notes: list[str], progress: Progress) -> LoadedModel:
     entry = plan.entry
     before = {m.key: m.entry.display_name for m in backend.models.resident()}
     loaded = backend.models.get(entry, backend.dtype_for(entry), progress)
@@ -193,7 +173,7 @@ def _load(backend: LocalBackend, plan: ModelPlan, notes: list[str], progress: Pr
     return loaded
 
 
-def read_model(backend: LocalBackend, plan: ModelPlan, req: CompareRequest, sentences: list[str],
+def read_model(backend: Runtime, plan: ModelPlan, req: CompareRequest, sentences: list[str],
                terms: list[str], notes: list[str], progress: Progress) -> ModelReading:
     timer = analysis.Timer()
     lim = backend.limits
@@ -255,7 +235,7 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _feature_reading(backend: LocalBackend, plan: ModelPlan, tally: FeatureTally, req: CompareRequest,
+def _feature_reading(backend: Runtime, plan: ModelPlan, tally: FeatureTally, req: CompareRequest,
                      dictionary) -> FeatureReading:
     sae_set, layer = plan.sae_set, plan.layer
     explain = (backend.explanations.for_set(plan.entry.id, sae_set.id, [layer]).get(layer, {})

@@ -1,4 +1,4 @@
-"""`Backend.feature` and `Backend.search` for the LocalBackend.
+"""`Backend.feature`, `Backend.search` and `Backend.save_explanation`: the feature dashboard engine.
 
 A dashboard combines what the weights say (top and bottom logits: the decoder direction through
 the unembedding), what people said (the explanation: demo pack, Neuronpedia export, or the
@@ -13,7 +13,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from backend.corpus.build import BuildOptions, build_store, default_store_path
 from backend.corpus.shards import tensor_probe
 from backend.corpus.sources import SourceSpec
 from backend.corpus.store import CorpusStore
-from backend.errors import InvalidRequest, LimitExceeded, NotFound, StoreError
+from backend.errors import InvalidRequest, NotFound, StoreError
 from backend.local import analysis
 from backend.protocol import Progress, no_progress
 from backend.schemas import (
@@ -38,6 +38,9 @@ from backend.schemas import (
     SearchRequest,
     SearchResult,
 )
+
+if TYPE_CHECKING:
+    from backend.local.runtime import Runtime
 
 
 class StoreRegistry:
@@ -78,6 +81,11 @@ class StoreRegistry:
             return self._build_locks.setdefault(path, threading.Lock())
 
 
+def stores(rt: Runtime) -> StoreRegistry:
+    """The runtime's open corpus stores (one registry per runtime, made on first use)."""
+    return rt.shared("stores", lambda: StoreRegistry(rt.settings.store_dir()))
+
+
 def check_store(store: CorpusStore, model_id: str, dset: sets.DictionarySet, layer: int, dictionary: Any,
                 model: Any) -> None:
     """Refuse a store built for another model, set, layer width or other weights."""
@@ -109,7 +117,7 @@ def _demo_store(backend: Any, entry: Any, dset: sets.DictionarySet, path: Path, 
 def open_store(backend: Any, entry: Any, dset: sets.DictionarySet, layer: int, dictionary: Any, model: Any,
                progress: Progress, notes: list[str]) -> CorpusStore | None:
     """The checked store of (model, set), building the demo's on first use (or when it is stale)."""
-    reg: StoreRegistry = backend.stores
+    reg = stores(backend)
     path = reg.path(entry.id, dset.id)
     with reg.build_lock(path):
         if not path.exists():
@@ -157,14 +165,10 @@ def _logits(model: Any, dictionary: Any, index: int, n: int) -> tuple[list[Logit
 def save_explanation(backend: Any, req: ExplanationEdit) -> ExplanationSaved:
     """Save (or, with an empty text, remove) the user's explanation of a feature; answer with what
     the feature is explained as now. Checks the feature exists from the catalog, loading nothing."""
-    lim = backend.limits
     text = req.text.strip()
-    if len(text) > lim.max_explanation_chars:
-        raise LimitExceeded("The explanation (characters)", len(text), lim.max_explanation_chars,
-                            "Shorten it or raise FEATURESCOPE_MAX_EXPLANATION_CHARS.")
     ref = req.feature
     entry = backend.model_entry(ref.model)
-    dset = sets.resolve(entry, ref.sae_set, backend.pack() if entry.source == "demo" else None)
+    dset = sets.resolve(entry, ref.sae_set)
     dset.check_layer(ref.layer)
     if dset.d_sae is not None and ref.index >= dset.d_sae:
         raise NotFound(f"Feature {ref.index} does not exist: layer {ref.layer} of {dset.display_name} has "
@@ -177,14 +181,9 @@ def save_explanation(backend: Any, req: ExplanationEdit) -> ExplanationSaved:
 def feature(backend: Any, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
     timer = analysis.Timer()
     progress = progress or no_progress
-    lim = backend.limits
-    n_examples = req.n_examples + req.n_quantiles * req.examples_per_quantile
-    if n_examples > lim.max_examples:
-        raise LimitExceeded("The number of examples (top + quantile bands)", n_examples, lim.max_examples,
-                            "Ask for fewer examples or bands, or raise FEATURESCOPE_MAX_EXAMPLES.")
     ref = req.feature
     entry = backend.model_entry(ref.model)
-    dset = sets.resolve(entry, ref.sae_set, backend.pack() if entry.source == "demo" else None)
+    dset = sets.resolve(entry, ref.sae_set)
     dset.check_layer(ref.layer)
     loaded = backend.load(entry.id, progress)
     (dictionary,) = sets.load(backend.models, loaded, dset, [ref.layer], progress)
@@ -253,9 +252,6 @@ def _search_text(backend: Any, req: SearchRequest, entry: Any, dset: sets.Dictio
     text = req.text or ""
     if not text.strip():
         raise InvalidRequest("Type a text to find the features that fire most on it.")
-    if len(text) > lim.max_text_chars:
-        raise LimitExceeded("The text length (characters)", len(text), lim.max_text_chars,
-                            "Shorten the text or raise FEATURESCOPE_MAX_TEXT_CHARS.")
     loaded = backend.load(entry.id, progress)
     dictionaries = sets.load(backend.models, loaded, dset, layers, progress)
     prepend_bos = req.prepend_bos
@@ -302,11 +298,11 @@ def _search_text(backend: Any, req: SearchRequest, entry: Any, dset: sets.Dictio
 
 def _corpus_peaks(backend: Any, entry: Any, dset: sets.DictionarySet, notes: list[str]) -> dict[int, np.ndarray]:
     """Per layer, each feature's corpus maximum, when a store is already there (search never builds one)."""
-    path = backend.stores.path(entry.id, dset.id)
+    path = stores(backend).path(entry.id, dset.id)
     if not path.exists():
         return {}
     try:
-        store = backend.stores.open(path)
+        store = stores(backend).open(path)
         if store.attr("model") != entry.id or store.attr("sae_set") != dset.id:
             return {}
         return {layer: store.layer(layer).peak for layer in store.layer_ids}
@@ -318,10 +314,8 @@ def _corpus_peaks(backend: Any, entry: Any, dset: sets.DictionarySet, notes: lis
 def search(backend: Any, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
     timer = analysis.Timer()
     progress = progress or no_progress
-    if req.k > backend.limits.max_k:
-        raise LimitExceeded("k (hits)", req.k, backend.limits.max_k, "Ask for fewer hits.")
     entry = backend.model_entry(req.model)
-    dset = sets.resolve(entry, req.sae_set, backend.pack() if entry.source == "demo" else None)
+    dset = sets.resolve(entry, req.sae_set)
     layers = list(dict.fromkeys(req.layers)) if req.layers else list(dset.layers)
     for layer in layers:
         dset.check_layer(layer)

@@ -43,7 +43,7 @@ from backend.schemas import (
 )
 
 if TYPE_CHECKING:
-    from backend.local.backend import LocalBackend
+    from backend.local.runtime import Runtime
 
 
 # ------------------------------------------------------------------ request -> edits
@@ -62,23 +62,8 @@ class Prepared:
         return fset, self.dicts[(fset.id, target.layer)]
 
 
-def check_settings(backend: LocalBackend, req: SteerSettings) -> None:
-    lim = backend.limits
-    if req.n_tokens > lim.max_new_tokens:
-        raise LimitExceeded(
-            "n_tokens",
-            req.n_tokens,
-            lim.max_new_tokens,
-            "Generate fewer tokens or raise FEATURESCOPE_MAX_NEW_TOKENS.",
-        )
-    if len(req.prompt) > lim.max_text_chars:
-        raise LimitExceeded(
-            "The prompt length (characters)", len(req.prompt), lim.max_text_chars, "Shorten the prompt."
-        )
-
-
 def prepare(
-    backend: LocalBackend, req: SteerSettings, targets: Sequence[FeatureTarget], progress: Progress
+    backend: Runtime, req: SteerSettings, targets: Sequence[FeatureTarget], progress: Progress
 ) -> Prepared:
     entry = resolve_model(backend, req.model)
     default_set = resolve_set(entry, req.sae_set)
@@ -127,11 +112,11 @@ def _capture_for(edits: Sequence[Edit]) -> dict[int, tuple[FeatureDictionary, li
     return out
 
 
-def _tokens(model, prepared: Prepared, req: SteerSettings, backend: LocalBackend) -> analysis.Tokenized:
+def _tokens(model, prepared: Prepared, req: SteerSettings, backend: Runtime) -> analysis.Tokenized:
     tokens = analysis.tokenize(
         model,
         req.prompt,
-        prepend_bos=prepared.default_set.prepend_bos(model),
+        prepend_bos=prepared.default_set.prepend_bos_for(model.cfg.default_prepend_bos),
         window=None,
         max_tokens=backend.limits.max_prompt_tokens,
     )
@@ -178,7 +163,7 @@ def _metrics(model, default: Generation, steered: Generation, prompt: torch.Tens
 
 
 def _applied(
-    backend: LocalBackend, prepared: Prepared, target: FeatureTarget, edit: Edit, capture: FeatureCapture
+    backend: Runtime, prepared: Prepared, target: FeatureTarget, edit: Edit, capture: FeatureCapture
 ) -> AppliedIntervention:
     fset, d = prepared.dictionary(target)
     positions = [] if edit.prompt_mask is None else torch.nonzero(edit.prompt_mask).flatten().tolist()
@@ -225,20 +210,10 @@ def _seed(req: SteerSettings) -> int:
 
 
 # ------------------------------------------------------------------ the protocol methods
-def steer(backend: LocalBackend, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
+def steer(backend: Runtime, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
     progress = progress or no_progress
     timer = analysis.Timer()
-    lim = backend.limits
-    check_settings(backend, req)
-    if len(req.features) > lim.max_steer_features:
-        raise LimitExceeded(
-            "The number of interventions",
-            len(req.features),
-            lim.max_steer_features,
-            "Steer fewer features at once.",
-        )
-    if req.top_k > lim.max_k:
-        raise LimitExceeded("top_k", req.top_k, lim.max_k, "Ask for fewer next-token probabilities.")
+    lim = backend.limits  # the request's limits were checked by the caller (request_limits)
     prepared = prepare(backend, req, req.features, progress)
     seed = _seed(req)
     with prepared.loaded.use(lim.lock_timeout_s) as model:
@@ -309,16 +284,11 @@ def _target(f: SteerFeature, e: Edit, capture: FeatureCapture) -> float | None:
 
 
 def sweep(
-    backend: LocalBackend, req: SteerSweepRequest, progress: Progress | None = None
+    backend: Runtime, req: SteerSweepRequest, progress: Progress | None = None
 ) -> SteerSweepResult:
     progress = progress or no_progress
     timer = analysis.Timer()
-    lim = backend.limits
-    check_settings(backend, req)
-    if len(req.alphas) > lim.max_sweep_alphas:
-        raise LimitExceeded(
-            "The number of alphas", len(req.alphas), lim.max_sweep_alphas, "Sweep fewer alphas."
-        )
+    lim = backend.limits  # the request's limits were checked by the caller (request_limits)
     prepared = prepare(backend, req, [req.feature], progress)
     seed = _seed(req)
     with prepared.loaded.use(lim.lock_timeout_s) as model:
