@@ -20,6 +20,8 @@ from pydantic import BaseModel
 
 from backend.errors import BackendError, LimitExceeded, NotFound, NotImplementedYet
 from backend.http.remote import RemoteBackend
+from backend.http.wire import protocol_methods
+from backend.request_limits import CHECKS, check_request
 from backend.schemas import (
     AnalyzeRequest,
     CompareRequest,
@@ -40,7 +42,7 @@ from backend.schemas import (
     UnloadRequest,
 )
 from backend.schemas.steer import FeatureTarget
-from backend.http.wire import protocol_methods
+from backend.settings import Limits
 
 
 @dataclass(frozen=True)
@@ -332,3 +334,123 @@ def test_two_concurrent_clients_each_get_their_solo_result(backend, remote_servi
     for i, runs in enumerate(results):
         for got in runs:
             assert got == solo[i], f"client {i} ({jobs[i][0]}) got a different result when run concurrently"
+
+
+# ---------------------------------------------------------------------------------------- the limits table
+def _over_by_one() -> list[tuple[str, str, str, BaseModel, int]]:
+    """For every limit of the table, a request over it by one and within every other limit:
+    (method, limit, field, request, the value the refusal must name). The values are worked out
+    here from the default `Limits`, which both the in-process backend and the service run with."""
+    lim = Limits()
+    ref = FeatureRef(model="demo", sae_set="res", layer=0, index=5)
+    target = FeatureTarget(layer=1, index=3, steer_all_prompt_positions=True)
+    chars = "x" * (lim.max_text_chars + 1)
+
+    def items(n: int, make: Callable[[int], Any]) -> list[Any]:
+        return [make(i) for i in range(n)]
+
+    steer = SteerRequest(model="demo", sae_set="res", prompt="The cat", n_tokens=2)
+    sweep = SteerSweepRequest(model="demo", sae_set="res", prompt="The cat", n_tokens=2, feature=target)
+    experiment = ExperimentRequest(model="demo", sae_set="res", layers=[1], corpus="texts", texts=["a b c"],
+                                   feature_source="list", features=[ExperimentFeature(layer=1, index=3)],
+                                   max_passages=1)
+    graph = GraphRequest(prompt="1 2", model="demo", transcoder_set="demo", batch_size=8, max_feature_nodes=8,
+                         max_n_logits=2)
+    compare = CompareRequest(models=["demo"], sentences=["The cat sat."], domain_terms=["cat"], k=2,
+                             top_guesses=2)
+    analyze = AnalyzeRequest(model="demo", sae_set="res", text="The cat", k=2)
+    search = SearchRequest(model="demo", sae_set="res", text="The cat", k=2)
+
+    def with_(req: BaseModel, **update: Any) -> BaseModel:
+        return type(req).model_validate({**req.model_dump(), **update})
+
+    n_terms = lim.max_compare_terms + 1
+    return [
+        ("analyze", "max_k", "k", with_(analyze, k=lim.max_k + 1), lim.max_k + 1),
+        ("analyze", "max_tracked_features", "track",
+         with_(analyze, track=items(lim.max_tracked_features + 1, lambda i: {"layer": 1, "index": i})),
+         lim.max_tracked_features + 1),
+        ("analyze", "max_text_chars", "text", with_(analyze, text=chars), len(chars)),
+        ("search", "max_k", "k", with_(search, k=lim.max_k + 1), lim.max_k + 1),
+        ("search", "max_text_chars", "text", with_(search, text=chars), len(chars)),
+        ("search", "max_text_chars", "query", with_(search, mode="explanation", text=None, query=chars), len(chars)),
+        ("feature", "max_examples", "n_examples",
+         FeatureRequest(feature=ref, n_examples=lim.max_examples + 1 - 5 * 3, n_quantiles=5, examples_per_quantile=3),
+         lim.max_examples + 1),
+        ("save_explanation", "max_explanation_chars", "text",
+         ExplanationEdit(feature=ref, text=" " + "y" * (lim.max_explanation_chars + 1) + " "),
+         lim.max_explanation_chars + 1),
+        ("steer", "max_text_chars", "prompt", with_(steer, prompt=chars), len(chars)),
+        ("steer", "max_new_tokens", "n_tokens", with_(steer, n_tokens=lim.max_new_tokens + 1), lim.max_new_tokens + 1),
+        ("steer", "max_steer_features", "features",
+         with_(steer, features=items(lim.max_steer_features + 1, lambda i: {"layer": 1, "index": i, "delta": 1.0})),
+         lim.max_steer_features + 1),
+        ("steer", "max_k", "top_k", with_(steer, top_k=lim.max_k + 1), lim.max_k + 1),
+        ("sweep", "max_text_chars", "prompt", with_(sweep, prompt=chars), len(chars)),
+        ("sweep", "max_new_tokens", "n_tokens", with_(sweep, n_tokens=lim.max_new_tokens + 1), lim.max_new_tokens + 1),
+        ("sweep", "max_sweep_alphas", "alphas",
+         with_(sweep, alphas=[float(a) for a in range(lim.max_sweep_alphas + 1)]), lim.max_sweep_alphas + 1),
+        ("experiment", "max_experiment_passages", "max_passages",
+         with_(experiment, max_passages=lim.max_experiment_passages + 1), lim.max_experiment_passages + 1),
+        ("experiment", "max_prompt_tokens", "max_len", with_(experiment, max_len=lim.max_prompt_tokens + 1),
+         lim.max_prompt_tokens + 1),
+        ("experiment", "max_text_chars", "texts",
+         with_(experiment, texts=["z" * lim.max_text_chars] * 10 + ["z"]), 10 * lim.max_text_chars + 1),
+        ("attribute", "max_text_chars", "prompt", with_(graph, prompt=chars), len(chars)),
+        ("attribute", "max_feature_nodes", "max_feature_nodes",
+         with_(graph, max_feature_nodes=lim.max_feature_nodes + 1), lim.max_feature_nodes + 1),
+        ("attribute", "max_batch_size", "batch_size", with_(graph, batch_size=lim.max_batch_size + 1),
+         lim.max_batch_size + 1),
+        ("attribute", "max_graph_logits", "max_n_logits", with_(graph, max_n_logits=lim.max_graph_logits + 1),
+         lim.max_graph_logits + 1),
+        ("compare", "max_compare_models", "models",
+         with_(compare, models=["demo"] + [f"m{i}" for i in range(lim.max_compare_models)]),
+         lim.max_compare_models + 1),
+        ("compare", "max_compare_sentences", "sentences",
+         with_(compare, sentences=["The cat."] * (lim.max_compare_sentences + 1)), lim.max_compare_sentences + 1),
+        ("compare", "max_compare_terms", "domain_terms",
+         with_(compare, domain_terms=[f"t{i}" for i in range(n_terms)] + ["T0"]), n_terms),  # T0 = t0
+        ("compare", "max_compare_term_chars", "domain_terms",
+         with_(compare, domain_terms=["w" * (lim.max_compare_term_chars + 1)]), lim.max_compare_term_chars + 1),
+        ("compare", "max_text_chars", "sentences",
+         with_(compare, sentences=["s" * (lim.max_text_chars // 2), "s" * (lim.max_text_chars // 2 + 1)]),
+         lim.max_text_chars + 1),
+        ("compare", "max_k", "k", with_(compare, k=lim.max_k + 1), lim.max_k + 1),
+        ("compare", "max_k", "top_guesses", with_(compare, top_guesses=lim.max_k + 1), lim.max_k + 1),
+    ]
+
+
+OVER = _over_by_one()
+
+
+def test_every_limit_of_the_table_has_an_over_by_one_case():
+    covered = {(type(req), limit, field) for _, limit, field, req, _ in OVER}
+    table = {(kind, c.limit, c.field) for kind, checks in CHECKS.items() for c in checks}
+    assert covered == table, "add an over-by-one case for each new entry of request_limits.CHECKS"
+
+
+def test_info_publishes_the_whole_limits_table(backend):
+    published = backend.info().limits
+    assert set(published) == set(Limits.model_fields)
+    assert all(published[name] == float(getattr(backend.limits, name)) for name in published)
+
+
+@pytest.mark.parametrize(("method", "limit", "field", "req", "value"), OVER,
+                         ids=[f"{m}-{f}-{lim}" for m, lim, f, _, _ in OVER])
+def test_each_limit_refuses_alike_in_process_and_over_http(method, limit, field, req, value, backend, remote):
+    local = outcome(backend, method, req)
+    assert isinstance(local, LimitExceeded), f"{method} {field}: expected LimitExceeded, got {local!r}"
+    bound = getattr(backend.limits, limit)
+    assert local.details["value"] == value and value == local.details["limit"] + 1
+    assert local.details["limit"] in (bound, 10 * bound)
+    assert f"FEATURESCOPE_{limit.upper()}" in local.message
+    assert normalise(outcome(remote, method, req)) == normalise(local)
+    check_request(req, backend.limits.model_copy(update={limit: bound + 1}))  # one more passes the table
+
+
+def test_the_schemas_carry_no_limit_of_their_own():
+    """top_k follows FEATURESCOPE_MAX_K: a raised limit lets a larger request validate and pass."""
+    req = SteerRequest(model="demo", prompt="x", top_k=500)
+    check_request(req, Limits(max_k=500))
+    with pytest.raises(LimitExceeded, match="top_k is 500; the limit is 499"):
+        check_request(req, Limits(max_k=499))

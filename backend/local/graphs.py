@@ -18,6 +18,7 @@ from backend import compute
 from backend.catalog import ModelEntry, TranscoderSetEntry
 from backend.demo.pack import DemoPack
 from backend.errors import DoesNotFit, InvalidRequest, LimitExceeded, NotFound
+from backend.graphfile import feature_address
 from backend.local.analysis import Timer
 from backend.local.graph_cache import GraphCache, cache_key
 from backend.local.graph_estimate import CostModel, fitting_batch_size, model_bytes_for, shape_of, sizes
@@ -26,7 +27,7 @@ from backend.protocol import Progress, no_progress
 from backend.schemas import GraphEstimate, GraphRequest, GraphResult
 
 if TYPE_CHECKING:
-    from backend.local.backend import LocalBackend
+    from backend.local.runtime import Runtime
 
 GB = compute.GB
 FEATURE_TYPE = "cross layer transcoder"
@@ -42,14 +43,16 @@ def feature_of(node: dict[str, Any]) -> tuple[int, int, int] | None:
     """(layer, index, position) of a feature node, from its id `layer_index_position`."""
     if node.get("feature_type") != FEATURE_TYPE:
         return None
-    parts = str(node.get("node_id", "")).split("_")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    return feature_address(str(node.get("node_id", "")))
+
+
+def engine(rt: Runtime) -> GraphEngine:
+    """The runtime's graph engine (its caches, locks and calibration), made on first use."""
+    return rt.shared("graphs", lambda: GraphEngine(rt))
 
 
 class GraphEngine:
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: Runtime) -> None:
         self.b = backend
         settings = backend.settings
         root = settings.data_dir / "graphs"
@@ -61,45 +64,30 @@ class GraphEngine:
 
     # ------------------------------------------------------------------ resolving
     def resolve(self, model: str, transcoder_set: str | None) -> tuple[ModelEntry, TranscoderSetEntry]:
+        """The model and transcoder set, through the catalog's resolvers (catalog ids, hub names,
+        the graph server's names); None: the model's first transcoder set."""
         catalog = self.b.catalog_entries()
-        entry = catalog.models.get(model)
-        if entry is None:
-            wanted = model.lower()
-            entry = next((m for m in catalog.models.values()
-                          if wanted in {(m.tl_name or "").lower(), (m.hf_repo or "").lower(),
-                                        (m.neuronpedia_id or "").lower()} and m.transcoder_sets), None)
         with_sets = [m.id for m in catalog.models.values() if m.transcoder_sets]
-        if entry is None:
+        try:
+            entry = catalog.resolve_model(model)
+        except NotFound:
             raise NotFound(f"Unknown model '{model}'. Models with transcoders for attribution graphs: "
-                           f"{', '.join(with_sets)}.", wanted=model, valid=with_sets)
+                           f"{', '.join(with_sets)}.", wanted=model, valid=with_sets) from None
         if not entry.transcoder_sets:
             raise InvalidRequest(f"{entry.display_name} has no transcoder set, so no attribution graph. "
                                  f"Models with transcoders: {', '.join(with_sets)}.")
         if transcoder_set is None:
             return entry, next(iter(entry.transcoder_sets.values()))
-        tc = entry.transcoder_sets.get(transcoder_set) or next(
-            (t for t in entry.transcoder_sets.values() if transcoder_set in {t.circuit_tracer, t.repo}), None)
-        if tc is None:
+        try:
+            found = entry.feature_set(transcoder_set).entry
+        except NotFound:
+            found = None
+        if not isinstance(found, TranscoderSetEntry):
             valid = [f"{t.id} ({t.circuit_tracer})" if t.circuit_tracer else t.id
                      for t in entry.transcoder_sets.values()]
             raise NotFound(f"Unknown transcoder set '{transcoder_set}' of {entry.display_name}. Valid: "
                            f"{', '.join(valid)}.", wanted=transcoder_set, valid=list(entry.transcoder_sets))
-        return entry, tc
-
-    def _check_limits(self, req: GraphRequest) -> None:
-        lim = self.b.limits
-        if len(req.prompt) > lim.max_text_chars:
-            raise LimitExceeded("The prompt length (characters)", len(req.prompt), lim.max_text_chars,
-                                "Shorten the prompt or raise FEATURESCOPE_MAX_TEXT_CHARS.")
-        if req.max_feature_nodes > lim.max_feature_nodes:
-            raise LimitExceeded("max_feature_nodes", req.max_feature_nodes, lim.max_feature_nodes,
-                                "Ask for fewer feature nodes or raise FEATURESCOPE_MAX_FEATURE_NODES.")
-        if req.batch_size > lim.max_batch_size:
-            raise LimitExceeded("batch_size", req.batch_size, lim.max_batch_size,
-                                "Use a smaller batch size or raise FEATURESCOPE_MAX_BATCH_SIZE.")
-        if req.max_n_logits > lim.max_graph_logits:
-            raise LimitExceeded("max_n_logits", req.max_n_logits, lim.max_graph_logits,
-                                "Ask for fewer logit nodes or raise FEATURESCOPE_MAX_GRAPH_LOGITS.")
+        return entry, found
 
     def _check_tokens(self, n_tokens: int, entry: ModelEntry) -> None:
         if n_tokens < 2:
@@ -189,7 +177,6 @@ class GraphEngine:
         timer = Timer()
         progress = progress or no_progress
         entry, tc = self.resolve(req.model, req.transcoder_set)
-        self._check_limits(req)
         dtype = self.b.dtype_for(entry)
         pack = self.b.pack() if tc.source == "demo" else None
         raw_key, result_key = self._keys(req, entry, tc, dtype, pack)

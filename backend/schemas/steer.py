@@ -125,7 +125,7 @@ class SteerSettings(Request):
 
 class SteerRequest(SteerSettings):
     features: list[SteerFeature] = Field(default_factory=list)
-    top_k: int = Field(5, ge=0, le=100, description="Top next-token probabilities per position.")
+    top_k: int = Field(5, ge=0, description="Top next-token probabilities per position (limit: max_k).")
 
 
 class SteerSweepRequest(SteerSettings):
