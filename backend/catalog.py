@@ -7,13 +7,16 @@ The YAML is read once (`load_catalog` is cached) into frozen pydantic entries. U
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.errors import InvalidRequest, NotFound
+from backend.links import neuronpedia_url
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -75,6 +78,7 @@ class TranscoderSetEntry(_Entry):
     kind: Literal["per_layer", "cross_layer"] = "per_layer"
     d_transcoder: int | None = None
     neuronpedia: str | None = None
+    layers: tuple[int, ...] | None = Field(None, description="Layers with a transcoder; None: every layer.")
 
 
 class ModelEntry(_Entry):
@@ -118,6 +122,82 @@ class ModelEntry(_Entry):
         except KeyError:
             raise _choices(f"transcoder set of {self.id}", name, list(self.transcoder_sets)) from None
 
+    def transcoder_layers(self, tc: TranscoderSetEntry) -> tuple[int, ...]:
+        """The layers of a transcoder set: its own list (the demo pack's), else every layer."""
+        return tc.layers if tc.layers is not None else tuple(range(self.n_layers or 0))
+
+    def feature_sets(self) -> list[FeatureSet]:
+        """Every SAE and transcoder set of this model, with its real layers."""
+        return [*(FeatureSet.of_sae(s) for s in self.sae_sets.values()),
+                *(FeatureSet.of_transcoders(t, self.transcoder_layers(t)) for t in self.transcoder_sets.values())]
+
+    def feature_set(self, set_id: str | None) -> FeatureSet:
+        """THE resolver of feature sets: an SAE set or a transcoder set of this model, by catalog id or
+        by circuit-tracer / repo name. None: the model's first per-layer transcoder set (the graph
+        server steers the transcoders its graphs are built from), else its first SAE set."""
+        sets = self.feature_sets()
+        if set_id is None:
+            default = next((f for f in sets if isinstance(f.entry, TranscoderSetEntry) and f.entry.kind == "per_layer"),
+                           None)
+            default = default or next((f for f in sets if f.kind == "sae"), None)
+            if default is None:
+                raise InvalidRequest(f"{self.display_name} has no SAE or transcoder set.")
+            return default
+        found = next((f for f in sets if f.id == set_id), None) or next(
+            (f for f in sets
+             if isinstance(f.entry, TranscoderSetEntry) and set_id in {f.entry.circuit_tracer, f.entry.repo}), None)
+        if found is None:
+            valid = [f.id for f in sets]
+            raise NotFound(f"Unknown SAE or transcoder set '{set_id}' of {self.id}. "
+                           f"Valid sets: {', '.join(valid) or 'none'}.", wanted=set_id, valid=valid)
+        return found
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """An SAE set or a transcoder set of a model, as one thing: what the corpus stores, steering,
+    the dashboards and the UI need to know about a family of feature dictionaries."""
+
+    id: str
+    kind: Literal["sae", "transcoder"]
+    display_name: str
+    layers: tuple[int, ...]
+    d_sae: int | None
+    entry: SaeSetEntry | TranscoderSetEntry
+    window: int | None = None
+    prepend_bos: bool | None = None
+    k: int | None = None
+
+    @classmethod
+    def of_sae(cls, s: SaeSetEntry) -> FeatureSet:
+        return cls(id=s.id, kind="sae", display_name=s.display_name, layers=tuple(s.layers or ()), d_sae=s.d_sae,
+                   entry=s, window=s.window, prepend_bos=s.prepend_bos,
+                   k=s.k if s.source == "topk_checkpoint" else None)
+
+    def neuronpedia_url(self, layer: int, index: int) -> str | None:
+        template = self.entry.neuronpedia
+        return neuronpedia_url(template.format(layer=layer) if template else None, index)
+
+    def check_layer(self, layer: int) -> None:
+        if layer not in self.layers:
+            raise NotFound(f"{self.display_name} has no layer {layer}; its layers are {list(self.layers)}.")
+
+    def prepend_bos_for(self, model_default: bool) -> bool:
+        """Whether to prepend BOS: the SAE set's own choice, else the model's default."""
+        if self.kind == "sae" and self.prepend_bos is not None:
+            return bool(self.prepend_bos)
+        return bool(model_default)
+
+    def hook_template(self) -> str:
+        if isinstance(self.entry, SaeSetEntry):
+            return self.entry.hook
+        return "blocks.{layer}.hook_resid_mid -> blocks.{layer}.hook_mlp_out"
+
+    @classmethod
+    def of_transcoders(cls, t: TranscoderSetEntry, layers: tuple[int, ...]) -> FeatureSet:
+        return cls(id=t.id, kind="transcoder", display_name=t.display_name, layers=layers,
+                   d_sae=t.d_transcoder, entry=t)
+
 
 class Catalog(_Entry):
     models: dict[str, ModelEntry]
@@ -128,12 +208,38 @@ class Catalog(_Entry):
         except KeyError:
             raise _choices("model", model_id, list(self.models)) from None
 
+    def resolve_model(self, name: str) -> ModelEntry:
+        """The entry a model name means (`find_model`); unknown: NotFound listing the catalog ids."""
+        found = find_model(name, list(self.models.values()))
+        if found is None:
+            raise _choices("model", name, list(self.models))
+        return found
+
     def ids(self) -> list[str]:
         return list(self.models)
 
     def with_model(self, entry: ModelEntry) -> Catalog:
         """A copy with `entry` added or replaced (used to fill in the demo pack's shapes)."""
         return Catalog(models={**self.models, entry.id: entry})
+
+
+M = TypeVar("M")
+NAME_FIELDS = (("id",), ("tl_name", "hf_repo"), ("neuronpedia_id",))
+
+
+def find_model(name: str, models: Sequence[M]) -> M | None:
+    """THE resolver of model names, over catalog entries or the `ModelInfo`s a service lists: a
+    catalog id, else a TransformerLens or Hugging Face name (`google/gemma-2-2b`, as the graph
+    server and the hub write it), else a Neuronpedia id, exact first, then case-insensitively; else
+    a name whose last part is a catalog id (`someorg/GPT2-Small`)."""
+    name = name.strip()
+    for same in (str.__eq__, lambda a, b: a.lower() == b.lower()):
+        for fields in NAME_FIELDS:
+            for m in models:
+                if any(same(name, getattr(m, f, None) or "") for f in fields):
+                    return m
+    last = name.rsplit("/", 1)[-1].lower()  # a hub name whose last part is a catalog id
+    return next((m for m in models if getattr(m, "id", "").lower() == last), None)
 
 
 def _with_ids(raw_models: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def dictionary_options(model: ModelInfo) -> dict[str, tuple[str, list[int], int 
     out = {s.id: (s.display_name, list(s.layers), s.d_sae) for s in model.sae_sets}
     for t in model.transcoder_sets:
         if t.kind == "per_layer":
-            out[t.id] = (f"{t.display_name} (transcoders)", list(range(model.n_layers or 0)), t.d_transcoder)
+            out[t.id] = (f"{t.display_name} (transcoders)", list(t.layers), t.d_transcoder)
     return out
 
 

@@ -180,9 +180,7 @@ def experiment_tab(model, set_id: str, rows) -> None:
         "Seed 002's pipeline on a few passages: each feature's activation times alpha at every token; "
         "ΔCE, KL and logit deltas. Large runs: `python -m backend.experiments run --config …`."
     )
-    layers_all = next((s.layers for s in model.sae_sets if s.id == set_id), None) or list(
-        range(model.n_layers or 1)
-    )
+    layers_all = next((list(s.layers) for s in [*model.sae_sets, *model.transcoder_sets] if s.id == set_id), [])
     with st.form("st_exp_form", border=False):
         c1, c2, c3 = st.columns(3)
         layers = c1.multiselect("Layers", layers_all, default=layers_all[-1:], key="st_exp_layers")

@@ -5,7 +5,9 @@ Seed 003 (graph server): `POST /generate-graph`, `POST /steer`.
 
 Each route is data: which protocol method it calls, which seed fields carry which of ours, and
 how the seed answered. `model_id` may be a catalog id (`gpt2-small`) or a hub name
-(`google/gemma-2-2b`); a missing SAE or transcoder set is the model's first one.
+(`google/gemma-2-2b`), resolved by `catalog.find_model`. A missing set is resolved by the backend as
+on `/api`: `/steer` steers the model's transcoders (`ModelEntry.feature_set(None)`) and
+`/generate-graph` uses its first transcoder set; `/features/topk` reads the first SAE set.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from backend.catalog import find_model
 from backend.errors import InvalidRequest, NotFound
 from backend.schemas import (
     AnalyzeRequest,
@@ -37,7 +40,7 @@ class SeedRoute:
     protocol_request: type[BaseModel] | None = None
     rename: dict[str, str] = field(default_factory=dict)  # seed field -> our field
     convert: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # seed field -> our value
-    set_field: str | None = None  # our field filled with the model's first set when absent
+    set_field: str | None = None  # our field filled with the model's first SAE set when absent
     example: dict[str, Any] | None = None
     # How the seed answered, given (result, upload receipt or None); None: the result model itself.
     respond: Callable[[BaseModel, UploadReceipt | None], Any] | None = None
@@ -111,7 +114,6 @@ SEED_ROUTES: tuple[SeedRoute, ...] = (
         GenerateGraphRequest,
         GraphRequest,
         rename={"model_id": "model"},
-        set_field="transcoder_set",
         example={
             "prompt": "1 2 ",
             "model_id": "google/gemma-2-2b",
@@ -132,7 +134,6 @@ SEED_ROUTES: tuple[SeedRoute, ...] = (
         SeedSteerRequest,
         SteerRequest,
         rename={"model_id": "model"},
-        set_field="sae_set",
         example={
             "model_id": "google/gemma-2-2b",
             "prompt": "Fait: Michael Jordan joue au",
@@ -158,27 +159,21 @@ SEED_ROUTES: tuple[SeedRoute, ...] = (
 
 
 def resolve_model(model_id: str, catalog: CatalogResult) -> ModelInfo:
-    """A catalog model by id, or by a hub name whose last part is an id (`google/gemma-2-2b`)."""
-    wanted = model_id.strip().lower()
-    for candidate in (wanted, wanted.rsplit("/", 1)[-1]):
-        for m in catalog.models:
-            if m.id.lower() == candidate:
-                return m
-    raise NotFound(
-        f"Unknown model '{model_id}'. Valid models: {', '.join(m.id for m in catalog.models)}.",
-        model=model_id,
-    )
+    """The catalog model a seed's `model_id` names (`catalog.find_model`: ids, hub names)."""
+    found = find_model(model_id, catalog.models)
+    if found is None:
+        raise NotFound(
+            f"Unknown model '{model_id}'. Valid models: {', '.join(m.id for m in catalog.models)}.",
+            model=model_id,
+        )
+    return found
 
 
 def _first_set(info: ModelInfo, set_field: str) -> str:
-    """The model's first transcoder set, or for `sae_set` its first SAE set (else transcoder set)."""
-    transcoders = [t.id for t in info.transcoder_sets]
-    sets = transcoders if set_field == "transcoder_set" else [s.id for s in info.sae_sets] + transcoders
+    """The model's first SAE set (seed 000's /features/topk names none; an analysis needs one)."""
+    sets = [s.id for s in info.sae_sets]
     if not sets:
-        kind = "transcoder" if set_field == "transcoder_set" else "SAE"
-        raise NotFound(
-            f"Model '{info.id}' has no {kind} set in the catalog; choose another model.", model=info.id
-        )
+        raise NotFound(f"Model '{info.id}' has no SAE set in the catalog; choose another model.", model=info.id)
     return sets[0]
 
 

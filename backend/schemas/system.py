@@ -83,6 +83,7 @@ class TranscoderSetInfo(Result):
     circuit_tracer: str | None
     kind: str
     d_transcoder: int | None
+    layers: list[int] = Field(default_factory=list, description="Layers with a transcoder.")
 
 
 class ModelInfo(Result):
@@ -98,6 +99,8 @@ class ModelInfo(Result):
     dtype: str
     gated: bool
     neuronpedia_id: str | None
+    tl_name: str | None = Field(None, description="TransformerLens name; the model answers to it too.")
+    hf_repo: str | None = Field(None, description="Hugging Face repo; the model answers to it too.")
     memory_note: str | None
     sae_sets: list[SaeSetInfo]
     transcoder_sets: list[TranscoderSetInfo]
