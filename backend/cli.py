@@ -24,39 +24,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from backend.errors import BackendError, NotFound
-from backend.schemas import (
-    AnalyzeRequest,
-    CompareRequest,
-    EstimateRequest,
-    ExperimentRequest,
-    ExplanationEdit,
-    FeatureRequest,
-    GraphRequest,
-    LayerFeature,
-    SearchRequest,
-    SteerRequest,
-    SteerSweepRequest,
-    UnloadRequest,
-)
+from backend.protocol import methods
+from backend.schemas import LayerFeature
 
 T = TypeVar("T")
 
-# method name -> (request model or None, help)
+# method name -> (request model or None, help): the protocol's methods and docstrings.
 METHODS: dict[str, tuple[type[BaseModel] | None, str]] = {
-    "info": (None, "device, memory, loaded models, versions"),
-    "catalog": (None, "models with their SAE and transcoder sets"),
-    "estimate": (EstimateRequest, "memory a model would need, and whether it fits"),
-    "unload": (UnloadRequest, "unload one model (or all)"),
-    "analyze": (AnalyzeRequest, "per-token top-k SAE features of a text"),
-    "feature": (FeatureRequest, "one feature's dashboard"),
-    "search": (SearchRequest, "features firing on a text, or matching an explanation"),
-    "save_explanation": (ExplanationEdit, "save your own explanation of a feature (empty text: remove it)"),
-    "steer": (SteerRequest, "default vs steered generation"),
-    "sweep": (SteerSweepRequest, "one feature scaled by several alphas on a prompt"),
-    "experiment": (ExperimentRequest, "small intervention experiment over a corpus (large runs: "
-                                      "python -m backend.experiments run)"),
-    "attribute": (GraphRequest, "attribution graph of a prompt (circuit-tracer JSON)"),
-    "compare": (CompareRequest, "several models on the same domain sentences"),
+    name: (m.request, m.summary[:1].lower() + m.summary[1:]) for name, m in methods().items()
 }
 # Fields filled by conveniences rather than generic flags.
 SPECIAL = {"analyze": {"layers", "track"}}
@@ -189,9 +164,8 @@ def _call(args: argparse.Namespace, settings: Any) -> BaseModel:
 
     backend = get_backend(settings)
     fn = getattr(backend, args.method)
-    if METHODS[args.method][0] is None:
+    spec = methods()[args.method]
+    if spec.request is None:
         return fn()
     req = request_from_args(args.method, args, backend)
-    if args.method in ("estimate", "unload"):
-        return fn(req)
-    return fn(req, progress=StderrProgress())
+    return fn(req, progress=StderrProgress()) if spec.long else fn(req)

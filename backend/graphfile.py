@@ -102,6 +102,15 @@ class GraphFile(_Open):
     links: list[FileLink]
 
 
+def feature_address(node_id: str) -> tuple[int, int, int] | None:
+    """(layer, index, position) of a feature node id, `layer_index_position` in circuit-tracer's
+    graph JSON; None for any other id. The one parser of node ids (engine and UI alike)."""
+    parts = str(node_id).split("_")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def parse_graph(data: bytes | str | dict[str, Any], *, name: str = "the file") -> dict[str, Any]:
     """A graph JSON (plain or gzipped bytes, text, or already parsed), checked and normalised."""
     if isinstance(data, bytes):

@@ -16,7 +16,14 @@ each is one call, so the default run is computed once and a remote GPU does the 
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Protocol, runtime_checkable
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
 
 from backend.schemas import (
     AnalyzeRequest,
@@ -55,28 +62,76 @@ def no_progress(fraction: float | None, message: str) -> None:
 class Backend(Protocol):
     kind: Literal["local", "remote"]
 
-    def info(self) -> InfoResult: ...
+    def info(self) -> InfoResult:
+        """Device, memory, loaded models, versions and the limits table."""
 
-    def catalog(self) -> CatalogResult: ...
+    def catalog(self) -> CatalogResult:
+        """Models with their SAE and transcoder sets (each with its layers)."""
 
-    def estimate(self, req: EstimateRequest) -> MemoryEstimate: ...
+    def estimate(self, req: EstimateRequest) -> MemoryEstimate:
+        """Memory a model would need, and whether it fits."""
 
-    def unload(self, req: UnloadRequest) -> InfoResult: ...
+    def unload(self, req: UnloadRequest) -> InfoResult:
+        """Unload one model (or all)."""
 
-    def analyze(self, req: AnalyzeRequest, progress: Progress | None = None) -> AnalyzeResult: ...
+    def analyze(self, req: AnalyzeRequest, progress: Progress | None = None) -> AnalyzeResult:
+        """Per-token top-k SAE features of a text."""
 
-    def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult: ...
+    def feature(self, req: FeatureRequest, progress: Progress | None = None) -> FeatureResult:
+        """One feature's dashboard."""
 
-    def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult: ...
+    def search(self, req: SearchRequest, progress: Progress | None = None) -> SearchResult:
+        """Features firing on a text, or matching an explanation."""
 
-    def save_explanation(self, req: ExplanationEdit) -> ExplanationSaved: ...
+    def save_explanation(self, req: ExplanationEdit) -> ExplanationSaved:
+        """Save your own explanation of a feature (empty text: remove it)."""
 
-    def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult: ...
+    def steer(self, req: SteerRequest, progress: Progress | None = None) -> SteerResult:
+        """Default vs steered generation."""
 
-    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult: ...
+    def sweep(self, req: SteerSweepRequest, progress: Progress | None = None) -> SteerSweepResult:
+        """One feature scaled by several alphas on a prompt."""
 
-    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult: ...
+    def experiment(self, req: ExperimentRequest, progress: Progress | None = None) -> ExperimentResult:
+        """Small intervention experiment over a corpus (large runs: python -m backend.experiments run)."""
 
-    def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult: ...
+    def attribute(self, req: GraphRequest, progress: Progress | None = None) -> GraphResult:
+        """Attribution graph of a prompt (circuit-tracer JSON)."""
 
-    def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult: ...
+    def compare(self, req: CompareRequest, progress: Progress | None = None) -> CompareResult:
+        """Several models on the same domain sentences."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One protocol method as the CLI, the service and the client see it, read from `Backend`."""
+
+    name: str
+    request: type[BaseModel] | None
+    result: type[BaseModel]
+    long: bool  # takes a progress callback: GPU work (the service runs it under its GPU lock)
+    doc: str
+
+    @property
+    def summary(self) -> str:
+        """The docstring's first line: the CLI's help and the route's summary."""
+        return self.doc.splitlines()[0].rstrip(".") if self.doc else self.name
+
+
+def _describe(name: str, fn: Callable) -> MethodSpec:
+    hints = typing.get_type_hints(fn)
+    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    request = next((t for p in params if isinstance(t := hints.get(p.name), type) and issubclass(t, BaseModel)),
+                   None)
+    result = hints.get("return")
+    if not (isinstance(result, type) and issubclass(result, BaseModel)):
+        raise TypeError(f"Backend.{name} must return a pydantic model, not {result!r}")
+    return MethodSpec(name=name, request=request, result=result,
+                      long=any(p.name == "progress" for p in params), doc=inspect.getdoc(fn) or "")
+
+
+@functools.cache
+def methods() -> dict[str, MethodSpec]:
+    """Every method of the Backend protocol, in declaration order: THE registry of methods."""
+    return {name: _describe(name, fn) for name, fn in vars(Backend).items()
+            if not name.startswith("_") and inspect.isfunction(fn)}

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.graphfile import feature_address
+
 FEATURE, ERROR, EMBEDDING, LOGIT = "feature", "error", "embedding", "logit"
 MAX_EDGES = 40_000  # the most edges sent to the browser
 
@@ -69,10 +71,8 @@ class DisplayGraph:
 
 
 def _feature_index(node: dict[str, Any]) -> int | None:
-    parts = str(node["node_id"]).split("_")
-    if len(parts) == 3 and parts[1].isdigit():
-        return int(parts[1])
-    return None
+    address = feature_address(str(node["node_id"]))
+    return address[1] if address else None
 
 
 def n_layers_of(doc: dict[str, Any]) -> int:

@@ -14,14 +14,12 @@ Errors travel as `BackendError.to_wire()` with the error's HTTP status (`backend
 from __future__ import annotations
 
 import functools
-import inspect
 import ipaddress
-import typing
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from backend.protocol import Backend
+from backend.protocol import methods
 
 API_PREFIX = "/api"
 # Methods with a side effect that a retry could repeat. Every other method only reads.
@@ -48,46 +46,17 @@ class Method:
         return "GET" if self.request is None else "POST"
 
 
-def _describe(name: str, fn: typing.Callable) -> Method:
-    hints = typing.get_type_hints(fn)
-    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
-    request = None
-    for p in params:
-        tp = hints.get(p.name)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            request = tp
-            break
-    result = hints.get("return")
-    if not (isinstance(result, type) and issubclass(result, BaseModel)):
-        raise TypeError(f"Backend.{name} must return a pydantic model, not {result!r}")
-    doc = inspect.getdoc(fn) or ""
-    return Method(
-        name=name,
-        request=request,
-        result=result,
-        long=any(p.name == "progress" for p in params),
-        idempotent=name not in NOT_IDEMPOTENT,
-        doc=doc,
-    )
-
-
 @functools.cache
 def protocol_methods() -> dict[str, Method]:
-    """Every method of the Backend protocol, in declaration order."""
-    out: dict[str, Method] = {}
-    for name, fn in vars(Backend).items():
-        if name.startswith("_") or not inspect.isfunction(fn):
-            continue
-        out[name] = _describe(name, fn)
-    return out
+    """Every method of the Backend protocol (`backend.protocol.methods`), in declaration order."""
+    return {name: Method(name=name, request=m.request, result=m.result, long=m.long,
+                         idempotent=name not in NOT_IDEMPOTENT, doc=m.doc)
+            for name, m in methods().items()}
 
 
 def method_summary(method: Method) -> str:
-    """A one-line description: the CLI's help text where it has one."""
-    from backend.cli import METHODS as CLI_METHODS
-
-    entry = CLI_METHODS.get(method.name)
-    return entry[1] if entry else (method.doc.splitlines()[0] if method.doc else method.name)
+    """A one-line description: the first line of the protocol method's docstring."""
+    return methods()[method.name].summary
 
 
 def is_loopback(host: str) -> bool:
