@@ -6,13 +6,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test setup browser demo demo-store bench lock service clean
+.PHONY: run test lint setup browser demo demo-store bench lock service clean
 
 run: setup  ## set up, then open the app in the browser
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
-test: setup browser  ## set up, then run every test (offline)
+test: setup browser lint  ## set up, check the rules, then run every test (offline)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: setup  ## ruff (pyflakes, pycodestyle, isort, bugbear, banned imports per layer) and mypy on backend/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 setup: $(STAMP)
 

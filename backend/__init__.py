@@ -6,7 +6,7 @@ branch, so importing `backend` (for schemas, the catalog or errors) never pulls 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from backend.protocol import Backend
@@ -25,7 +25,8 @@ def get_backend(settings: Settings | None = None) -> Backend:
 
             raise InvalidRequest("FEATURESCOPE_BACKEND=remote needs FEATURESCOPE_REMOTE_URL.")
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        return RemoteBackend(settings.remote_url, key, settings=settings)
+        # its methods are made from the protocol at import, so only the protocol's types describe it
+        return cast("Backend", RemoteBackend(settings.remote_url, key, settings=settings))
     from backend.local import LocalBackend
 
     return LocalBackend(settings)
