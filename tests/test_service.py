@@ -177,7 +177,7 @@ LIMIT_CASES = [
         {"model_id": "demo", "prompt": TEXT, "batch_size": 257},
         "FEATURESCOPE_MAX_BATCH_SIZE",
     ),
-    ("/compare", {"models": ["demo"] * 5, "sentences": [TEXT]}, "FEATURESCOPE_MAX_COMPARE_MODELS"),
+    ("/compare", {"models": ["demo", "m1", "m2", "m3", "m4"], "sentences": [TEXT]}, "FEATURESCOPE_MAX_COMPARE_MODELS"),
     ("/compare", {"models": ["demo"], "sentences": [TEXT] * 33}, "FEATURESCOPE_MAX_COMPARE_SENTENCES"),
     (
         "/api/feature",
@@ -408,7 +408,8 @@ def test_steer_and_generate_graph_take_the_seed_fields_and_fill_in_the_set(backe
     def record(name):
         def method(req, progress=None):
             seen[name] = req
-            return getattr(backend, name)(req, progress)
+            seen[name + ".result"] = getattr(backend, name)(req, progress)
+            return seen[name + ".result"]
 
         return method
 
@@ -444,7 +445,11 @@ def test_steer_and_generate_graph_take_the_seed_fields_and_fill_in_the_set(backe
         },
     )
     steer, graph = seen["steer"], seen["attribute"]
-    assert (steer.model, steer.sae_set, steer.n_tokens, steer.top_k) == ("demo", "res", 3, 2)
+    # A missing set is resolved by the backend, as on /api/steer: the model's transcoders (issue 14).
+    assert (steer.model, steer.sae_set, steer.n_tokens, steer.top_k) == ("demo", None, 3, 2)
+    transcoders = [t.id for t in next(m for m in backend.catalog().models if m.id == "demo").transcoder_sets]
+    assert seen["steer.result"].sae_set == transcoders[0]
+    assert seen["attribute.result"].transcoder_set == transcoders[0]
     assert (
         steer.features[0].ablate
         and steer.features[1].delta == 350
@@ -452,7 +457,7 @@ def test_steer_and_generate_graph_take_the_seed_fields_and_fill_in_the_set(backe
     )
     assert (graph.model, graph.transcoder_set, graph.batch_size, graph.max_feature_nodes) == (
         "demo",
-        "demo",
+        None,
         4,
         100,
     )
