@@ -51,8 +51,8 @@ def generation_html(tokens: Sequence[str], n_prompt: int, diff: set[int], skip_f
 
 def render_side_by_side(result: SteerResult) -> None:
     n_prompt = len(result.prompt_tokens)
-    default_tokens = [t for t, _ in result.DEFAULT_LOGITS_BY_TOKEN]
-    steered_tokens = [t for t, _ in result.STEERED_LOGITS_BY_TOKEN]
+    default_tokens = [t for t, _ in result.default_logits_by_token]
+    steered_tokens = [t for t, _ in result.steered_logits_by_token]
     diff = differing_positions(result.default_ids, result.steered_ids, n_prompt)
     skip = bool(result.prompt_tokens and result.prompt_tokens[0].special)
     left, right = st.columns(2)
@@ -75,9 +75,9 @@ def topk_frame(result: SteerResult) -> pd.DataFrame:
     n_prompt = len(result.prompt_tokens)
     kl = result.metrics.kl_by_position if result.metrics else []
     rows = []
-    for pos in range(max(len(result.DEFAULT_LOGITS_BY_TOKEN), len(result.STEERED_LOGITS_BY_TOKEN))):
-        d = result.DEFAULT_LOGITS_BY_TOKEN[pos] if pos < len(result.DEFAULT_LOGITS_BY_TOKEN) else ("", [])
-        s = result.STEERED_LOGITS_BY_TOKEN[pos] if pos < len(result.STEERED_LOGITS_BY_TOKEN) else ("", [])
+    for pos in range(max(len(result.default_logits_by_token), len(result.steered_logits_by_token))):
+        d = result.default_logits_by_token[pos] if pos < len(result.default_logits_by_token) else ("", [])
+        s = result.steered_logits_by_token[pos] if pos < len(result.steered_logits_by_token) else ("", [])
         rows.append(
             {
                 "pos": pos,
@@ -192,7 +192,7 @@ def sweep_frame(result: SteerSweepResult, tokenize_generated) -> pd.DataFrame:
             "ΔCE loss": round(p.metrics.delta_ce_loss, 5),
             "KL": round(p.metrics.kl_divergence, 5),
             "same as default": p.steered_ids == result.default_ids,
-            "generation": tokenize_generated(p.STEERED_GENERATION),
+            "generation": tokenize_generated(p.steered_generation),
         }
         for p in result.points
     ]

@@ -172,7 +172,7 @@ def sweep_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
         )
     st.plotly_chart(sweep_figure(result), key="st_sweep_plot", width="stretch")
     st.dataframe(sweep_frame(result, visible), hide_index=True, width="stretch", key="st_sweep_table")
-    st.caption(f"Default: {visible(result.DEFAULT_GENERATION)}")
+    st.caption(f"Default: {visible(result.default_generation)}")
 
 
 def experiment_tab(model, set_id: str, rows) -> None:

@@ -215,9 +215,11 @@ def test_seed_bodies_validate_and_resolve(backend):
     body = {"prompt": "1 2 ", "model_id": "google/gemma-2-2b", "batch_size": 48, "max_n_logits": 10,
             "desired_logit_prob": 0.95, "node_threshold": 0.8, "edge_threshold": 0.85,
             "slug_identifier": "count-1-2", "max_feature_nodes": 5000}
-    req = GraphRequest.model_validate(body)
+    from backend.http.seed_routes import GenerateGraphRequest
+
+    req = GraphRequest.model_validate(GenerateGraphRequest.model_validate(body).model_dump())
     assert req.model == "google/gemma-2-2b" and req.transcoder_set is None and req.offload is None
-    GraphRequest.model_validate({**body, "signed_url": "https://bucket.s3/put?sig=x", "compress": True})
+    GenerateGraphRequest.model_validate({**body, "signed_url": "https://bucket.s3/put?sig=x", "compress": True})
     defaults = GraphRequest(prompt="x", model="demo")
     assert (defaults.batch_size, defaults.max_n_logits, defaults.desired_logit_prob, defaults.node_threshold,
             defaults.edge_threshold, defaults.max_feature_nodes) == (48, 10, 0.95, 0.8, 0.85, 5000)

@@ -70,8 +70,8 @@ def test_link_steers_the_feature_and_shows_both_runs_escaped_and_marked(steered,
     assert metrics["ΔCE loss on the prompt"] == f"{want.metrics.delta_ce_loss:+.4f}"
     assert metrics["KL(default ‖ steered)"] == f"{want.metrics.kl_divergence:.4f}"
     table = frame_with(steered, "steered top-k")
-    assert len(table) == len(want.STEERED_LOGITS_BY_TOKEN)
-    first = want.STEERED_LOGITS_BY_TOKEN[len(want.prompt_tokens)][1][0]
+    assert len(table) == len(want.steered_logits_by_token)
+    first = want.steered_logits_by_token[len(want.prompt_tokens)][1][0]
     assert table["steered top-k"][len(want.prompt_tokens)].split("  ")[0].endswith(f"{first[1]:.3f}")
     ivs = frame_with(steered, "value set")
     assert list(ivs["feature"]) == ["1:7"] and list(ivs["operation"]) == ["delta"]

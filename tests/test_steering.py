@@ -135,8 +135,8 @@ def test_no_interventions_give_the_default_run_exactly(backend):
         model="demo", sae_set="res", prompt=TEXT, n_tokens=8, top_k=4, temperature=0.9, seed=11
     )
     r = backend.steer(req)
-    assert r.steered_ids == r.default_ids and r.STEERED_GENERATION == r.DEFAULT_GENERATION
-    assert r.STEERED_LOGITS_BY_TOKEN == r.DEFAULT_LOGITS_BY_TOKEN
+    assert r.steered_ids == r.default_ids and r.steered_generation == r.default_generation
+    assert r.steered_logits_by_token == r.default_logits_by_token
     assert r.metrics.kl_divergence == 0.0 and r.metrics.delta_ce_loss == 0.0
     assert len(r.default_ids) == len(r.prompt_tokens) + 8
     # alpha = 1 on every position is a real hook that changes nothing, bit for bit.
@@ -156,7 +156,7 @@ def test_no_interventions_give_the_default_run_exactly(backend):
             }
         )
     )
-    assert noop.steered_ids == r.default_ids and noop.STEERED_LOGITS_BY_TOKEN == r.DEFAULT_LOGITS_BY_TOKEN
+    assert noop.steered_ids == r.default_ids and noop.steered_logits_by_token == r.default_logits_by_token
     assert noop.metrics.kl_divergence == 0.0
     assert backend.steer(req).default_ids == r.default_ids, "a seed reproduces the sampled run"
 
@@ -239,7 +239,7 @@ def test_metrics_agree_with_an_independent_computation(backend, demo, freeze):
     # The top-k tables at prompt positions are the softmax of the same logits.
     top = torch.topk(q, 5, dim=-1)
     for pos in range(tokens.shape[1]):
-        assert [pr for _, pr in r.STEERED_LOGITS_BY_TOKEN[pos][1]] == pytest.approx(
+        assert [pr for _, pr in r.steered_logits_by_token[pos][1]] == pytest.approx(
             top.values[pos].tolist(), abs=1e-5
         )
     # Logit deltas: mean change of the centred logits over the prompt.
@@ -250,7 +250,12 @@ def test_metrics_agree_with_an_independent_computation(backend, demo, freeze):
 
 
 def test_seed_body_validates_and_runs_on_the_demo(backend):
-    req = SteerRequest.model_validate(SEED_BODY)
+    from backend.http.seed_routes import SeedSteerRequest
+
+    def from_seed(body):  # the wire layer reads the seed's names (model_id) as ours
+        return SteerRequest.model_validate(SeedSteerRequest.model_validate(body).model_dump())
+
+    req = from_seed(SEED_BODY)
     assert req.model == "google/gemma-2-2b" and req.sae_set is None
     assert [f.operation for f in req.features] == ["ablate", "delta", "delta"]
     from backend.local.feature_sets import resolve_model, resolve_set
@@ -263,7 +268,7 @@ def test_seed_body_validates_and_runs_on_the_demo(backend):
 
     body = {**SEED_BODY, "model_id": "demo", "prompt": "Fait: Michael Jordan joue au"}
     body["features"] = [{**f, "layer": 1, "index": f["index"] % 128} for f in body["features"]]
-    r = backend.steer(SteerRequest.model_validate(body))
+    r = backend.steer(from_seed(body))
     assert r.sae_set == "demo" and all(i.kind == "transcoder" for i in r.interventions)
     wire = json.loads(r.model_dump_json())
     table = wire["DEFAULT_LOGITS_BY_TOKEN"]
@@ -276,7 +281,7 @@ def test_seed_body_validates_and_runs_on_the_demo(backend):
     tap = r.interventions[1]
     assert tap.target_value == pytest.approx(tap.clean_activations[7] + 350, abs=1e-4)
     assert r.interventions[2].generated_tokens and r.interventions[2].prompt_positions == []
-    assert r.STEERED_GENERATION != r.DEFAULT_GENERATION
+    assert r.steered_generation != r.default_generation
 
 
 def test_generated_tokens_only_leave_the_prompt_untouched(backend):
@@ -291,7 +296,7 @@ def test_generated_tokens_only_leave_the_prompt_untouched(backend):
     )
     assert r.metrics.kl_divergence == 0.0
     assert (
-        r.STEERED_LOGITS_BY_TOKEN[: len(r.prompt_tokens)] == r.DEFAULT_LOGITS_BY_TOKEN[: len(r.prompt_tokens)]
+        r.steered_logits_by_token[: len(r.prompt_tokens)] == r.default_logits_by_token[: len(r.prompt_tokens)]
     )
     assert r.steered_ids[len(r.prompt_tokens) + 1 :] != r.default_ids[len(r.prompt_tokens) + 1 :]
 

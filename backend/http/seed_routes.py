@@ -38,8 +38,7 @@ class SeedRoute:
     summary: str
     request: type[BaseModel] | None  # the seed's request shape (None: GET without a body)
     protocol_request: type[BaseModel] | None = None
-    rename: dict[str, str] = field(default_factory=dict)  # seed field -> our field
-    convert: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # seed field -> our value
+    convert: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # our field -> its value from the seed's
     set_field: str | None = None  # our field filled with the model's first SAE set when absent
     example: dict[str, Any] | None = None
     # How the seed answered, given (result, upload receipt or None); None: the result model itself.
@@ -49,24 +48,24 @@ class SeedRoute:
 TopKRequest = seed_request_model(
     "TopKRequest",
     AnalyzeRequest,
-    rename={"model": "model_id", "include_explanations": "include_descriptions", "layers": "layer"},
+    aliases={"model": "model_id", "include_explanations": "include_descriptions", "layers": "layer"},
     optional={"sae_set"},
     replace={
-        "layer": (int | None, Field(None, ge=0, description="One SAE layer; None: every layer of the set."))
+        "layers": (int | None, Field(None, ge=0, description="One SAE layer; None: every layer of the set."))
     },
     doc="Seed 000's /features/topk request: top-k SAE features per token.",
 )
 SeedSteerRequest = seed_request_model(
     "SeedSteerRequest",
     SteerRequest,
-    rename={"model": "model_id"},
+    aliases={"model": "model_id"},
     optional={"sae_set"},
     doc="Seed 003's /steer request: default vs steered generation.",
 )
 GenerateGraphRequest = seed_request_model(
     "GenerateGraphRequest",
     GraphRequest,
-    rename={"model": "model_id"},
+    aliases={"model": "model_id"},
     optional={"transcoder_set"},
     doc="Seed 003's /generate-graph request: an attribution graph, returned or uploaded to signed_url.",
 )
@@ -84,8 +83,7 @@ SEED_ROUTES: tuple[SeedRoute, ...] = (
         "Top-k SAE features per token (seed 000)",
         TopKRequest,
         AnalyzeRequest,
-        rename={"model_id": "model", "include_descriptions": "include_explanations", "layer": "layers"},
-        convert={"layer": lambda v: None if v is None else [v]},
+        convert={"layers": lambda v: None if v is None else [v]},
         set_field="sae_set",
         example={
             "model_id": "gpt2-small",
@@ -113,7 +111,6 @@ SEED_ROUTES: tuple[SeedRoute, ...] = (
         "Attribution graph JSON, or its upload to signed_url (seed 003)",
         GenerateGraphRequest,
         GraphRequest,
-        rename={"model_id": "model"},
         example={
             "prompt": "1 2 ",
             "model_id": "google/gemma-2-2b",
@@ -133,7 +130,6 @@ SEED_ROUTES: tuple[SeedRoute, ...] = (
         "Default vs steered generation with top logits (seed 003)",
         SeedSteerRequest,
         SteerRequest,
-        rename={"model_id": "model"},
         example={
             "model_id": "google/gemma-2-2b",
             "prompt": "Fait: Michael Jordan joue au",
@@ -181,10 +177,8 @@ def to_protocol(route: SeedRoute, seed_req: BaseModel, catalog: CatalogResult) -
     """The protocol request a seed request stands for."""
     assert route.protocol_request is not None
     data: dict[str, Any] = {}
-    for name, value in seed_req.model_dump().items():
-        if name in route.convert:
-            value = route.convert[name](value)
-        data[route.rename.get(name, name)] = value
+    for name, value in seed_req.model_dump().items():  # our names: the seed's are aliases
+        data[name] = route.convert[name](value) if name in route.convert else value
     info = resolve_model(data["model"], catalog) if isinstance(data.get("model"), str) else None
     if info is not None:
         data["model"] = info.id

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 
 from backend.schemas.common import Request, Result
 
 
 class GraphRequest(Request):
     prompt: str = Field(min_length=1, description="The text to attribute (a BOS token is prepended).")
-    model: str = Field(
-        validation_alias=AliasChoices("model", "model_id"),
-        description="Catalog model id, or its Hugging Face / TransformerLens name (the seed's model_id).",
-    )
+    model: str = Field(description="Catalog model id, or its Hugging Face / TransformerLens name "
+                       "(the graph server's /generate-graph reads it as `model_id`).")
     transcoder_set: str | None = Field(
         None, description="Catalog transcoder set id or circuit-tracer name ('gemma', "
                           "'mntss/clt-gemma-2-2b-2.5M'); default: the model's first transcoder set.")

@@ -2,7 +2,7 @@
 shapes of the seed services' routes (`/features/topk`, `/steer`, `/generate-graph`).
 
 A seed request model is derived from our request model (`seed_request_model`): the same fields,
-the same validation, under the seed's names, with the SAE/transcoder set optional. A field added
+the same validation, read under the seed's names (aliases), with the SAE/transcoder set optional. A field added
 to `SteerRequest` is therefore accepted by `/steer` at once.
 """
 
@@ -59,27 +59,29 @@ def seed_request_model(
     name: str,
     base: type[Request],
     *,
-    rename: dict[str, str] | None = None,
+    aliases: dict[str, str] | None = None,
     optional: set[str] | frozenset[str] = frozenset(),
     replace: dict[str, tuple[Any, FieldInfo]] | None = None,
     doc: str = "",
 ) -> type[Request]:
-    """`base`'s fields under a seed's names.
+    """`base`'s fields, read from the wire under the seed's names: the one place of wire-name
+    compatibility. Attributes keep our names, so `model_dump()` is our request's data.
 
-    rename: our field -> the seed's name (`model` -> `model_id`); optional: our fields that become
-    optional with default None (filled in by the route, e.g. the model's first SAE set); replace:
-    seed name -> (annotation, Field) where the seed's field has another type.
+    aliases: our field -> the seed's name on the wire (`model` -> `model_id`); optional: our fields
+    that become optional with default None (resolved by the backend or the route); replace: our
+    field -> (annotation, Field) where the seed's field has another type.
     """
-    rename = rename or {}
+    aliases = aliases or {}
     replace = replace or {}
     fields: dict[str, Any] = {}
     for field, info in base.model_fields.items():
-        seed_name = rename.get(field, field)
-        if seed_name in replace:
-            fields[seed_name] = replace[seed_name]
+        if field in replace:
+            annotation, finfo = replace[field]
         elif field in optional:
-            fields[seed_name] = (info.annotation | None, Field(None, description=info.description))
+            annotation, finfo = info.annotation | None, Field(None, description=info.description)
         else:
-            fields[seed_name] = (info.annotation, copy.copy(info))
-    model = create_model(name, __base__=Request, __doc__=doc or base.__doc__, **fields)
-    return model
+            annotation, finfo = info.annotation, copy.copy(info)
+        if field in aliases:
+            finfo = FieldInfo.merge_field_infos(finfo, Field(alias=aliases[field]))
+        fields[field] = (annotation, finfo)
+    return create_model(name, __base__=Request, __doc__=doc or base.__doc__, **fields)

@@ -10,7 +10,7 @@ the model prepends one) being position 0.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from backend.schemas.common import Request, Result, TokenInfo
 
@@ -95,10 +95,8 @@ class SteerFeature(FeatureTarget):
 class SteerSettings(Request):
     """What both runs share: the model, the prompt and the generation settings."""
 
-    model: str = Field(
-        validation_alias=AliasChoices("model", "model_id"),
-        description="Catalog model id (the graph server's `model_id` is accepted).",
-    )
+    model: str = Field(description="Catalog model id, or its Hugging Face / TransformerLens name "
+                       "(the graph server's /steer reads it as `model_id`).")
     sae_set: str | None = Field(
         None,
         description="SAE or transcoder set of the features; None: the model's "
@@ -175,15 +173,23 @@ class AppliedIntervention(Result):
     explanation: str | None = None
 
 
-class SteerResult(Result):
-    DEFAULT_GENERATION: str
-    STEERED_GENERATION: str
-    DEFAULT_LOGITS_BY_TOKEN: LogitsByToken = Field(
+class SeedNamedResult(Result):
+    """A result some of whose fields travel under the graph server's upper-case names: the names
+    are wire aliases (what JSON carries, in and out); attributes are ours (`default_generation`)."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_alias=True, validate_by_name=True)
+
+
+class SteerResult(SeedNamedResult):
+    default_generation: str = Field(alias="DEFAULT_GENERATION")
+    steered_generation: str = Field(alias="STEERED_GENERATION")
+    default_logits_by_token: LogitsByToken = Field(
         default_factory=list,
+        alias="DEFAULT_LOGITS_BY_TOKEN",
         description="[token, [[next token, probability], ...]] for every position, "
         "index = position (BOS included).",
     )
-    STEERED_LOGITS_BY_TOKEN: LogitsByToken = Field(default_factory=list)
+    steered_logits_by_token: LogitsByToken = Field(default_factory=list, alias="STEERED_LOGITS_BY_TOKEN")
     metrics: SteerMetrics | None = None
     model: str = ""
     sae_set: str = ""
@@ -196,18 +202,18 @@ class SteerResult(Result):
     elapsed_ms: float = 0.0
 
 
-class SweepPoint(Result):
+class SweepPoint(SeedNamedResult):
     alpha: float
-    STEERED_GENERATION: str
+    steered_generation: str = Field(alias="STEERED_GENERATION")
     steered_ids: list[int]
     metrics: SteerMetrics
 
 
-class SteerSweepResult(Result):
+class SteerSweepResult(SeedNamedResult):
     model: str
     sae_set: str
     feature: AppliedIntervention
-    DEFAULT_GENERATION: str
+    default_generation: str = Field(alias="DEFAULT_GENERATION")
     default_ids: list[int]
     prompt_tokens: list[TokenInfo]
     points: list[SweepPoint]
