@@ -11,8 +11,14 @@ st.set_page_config(page_title="Featurescope", page_icon=":material/biotech:", la
 state.mark_app_shell()
 
 settings = state.settings()
+
+
+def sign_in() -> None:
+    gate.render_gate(settings)
+
+
 if not gate.allowed(settings):  # a visitor without access gets the sign-in page and nothing else
-    st.navigation([st.Page(gate.render_gate, title="Sign in", url_path="sign-in")], position="hidden").run()
+    st.navigation([st.Page(sign_in, title="Sign in", url_path="sign-in")], position="hidden").run()
     st.stop()
 
 PAGES = {

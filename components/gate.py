@@ -99,11 +99,9 @@ def allowed(settings: Settings) -> bool:
     return _logged_in() and email_allowed(st.user.get("email"), settings.app_allowed_emails)  # type: ignore[arg-type]
 
 
-def render_gate() -> None:
-    """The sign-in page: the only page a visitor without access gets."""
-    from components.state import settings as current_settings
-
-    settings = current_settings()
+def render_gate(settings: Settings) -> None:
+    """The sign-in page: the only page a visitor without access gets (the caller passes the
+    settings, so this module does not import components.state, which imports it)."""
     st.title("Featurescope")
     st.caption("This explorer is shared with a team. Sign in to continue.")
     if settings.app_auth == "password":

@@ -18,6 +18,7 @@ from backend.errors import BackendError, LimitExceeded, NotImplementedYet
 from backend.protocol import Backend
 from backend.schemas import CatalogResult, ModelInfo
 from backend.settings import Settings, get_settings
+from components import gate
 
 T = TypeVar("T")
 
@@ -53,12 +54,11 @@ def require_access() -> None:
     A page that finds no app.py mark was run by Streamlit on its own (see `_navigation_only`); that
     mode is gone now, so one rerun goes through app.py and opens the same page (its URL is kept).
     The gate check after it is a second line of defence."""
-    from components import gate
-
     if not st.session_state.get(SHELL_KEY):
         st.rerun()
-    if not gate.allowed(settings()):
-        gate.render_gate()
+    current = settings()
+    if not gate.allowed(current):
+        gate.render_gate(current)
         st.stop()
 
 

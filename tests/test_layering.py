@@ -1,5 +1,5 @@
-"""The layering DESIGN.md states, checked: no import loop inside backend/, engines that never see
-the LocalBackend facade, and a UI that never imports torch."""
+"""The layering DESIGN.md states, checked: no import loop inside backend/ or components/, engines
+that never see the LocalBackend facade, and a UI that never imports torch."""
 
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def imports_of(path: Path, *, typing_too: bool) -> list[str]:
     return out
 
 
-def backend_graph() -> dict[str, set[str]]:
-    """backend module -> the backend modules it imports (the longest prefix of each name that is a
-    module; parent packages are left out, the lazy `backend.local` face keeps them light)."""
-    modules = {_module_name(p): p for p in (ROOT / "backend").rglob("*.py")}
+def import_graph(package: str) -> dict[str, set[str]]:
+    """module of `package` -> the modules of `package` it imports (the longest prefix of each name
+    that is a module; parent packages are left out, the lazy `backend.local` face keeps them light)."""
+    modules = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         deps = set()
@@ -109,8 +109,14 @@ def test_the_cycle_finder_finds_a_known_loop():
 
 
 def test_no_module_in_backend_imports_itself_in_a_loop():
-    graph = backend_graph()
+    graph = import_graph("backend")
     assert "backend.local.runtime" in graph and "backend.local.steering" in graph["backend.local.backend"]
+    assert cycles(graph) == []
+
+
+def test_no_component_imports_itself_in_a_loop():
+    graph = import_graph("components")
+    assert "components.gate" in graph["components.state"]
     assert cycles(graph) == []
 
 
