@@ -45,7 +45,7 @@ Shard spec (a JSON-able dict; what `--executor modal` sends to Modal)
 
 The executor calls `modal.Function.from_name("featurescope", "corpus_shard").map(specs)`; the
 deployed function (deploy/modal_app.py) calls `backend.corpus.shards.build_shard_bytes(spec)`,
-which loads the model and dictionaries through the container's LocalBackend (its own catalog)
+which loads the model and dictionaries through the container's Runtime (its own catalog)
 and returns the shard's HDF5 file as bytes. `--executor local` runs the same specs through
 `build_shard` in this process; the merge (merge.py) is the same code either way.
 """
