@@ -82,7 +82,7 @@ def _clean_terms(terms: Sequence[str], match_case: bool) -> list[str]:
     return out
 
 
-def read_request(backend: Runtime, req: CompareRequest) -> tuple[list[str], list[str], list[str]]:
+def read_request(req: CompareRequest) -> tuple[list[str], list[str], list[str]]:
     """(models, sentences, terms) of the request, refused before any work if malformed (its limits
     were checked by the caller, request_limits)."""
     models = list(dict.fromkeys(m.strip() for m in req.models))
@@ -141,7 +141,7 @@ def compare_models(backend: Runtime, req: CompareRequest,
                    progress: Progress | None = None) -> CompareResult:
     timer = analysis.Timer()
     progress = progress or no_progress
-    models, sentences, terms = read_request(backend, req)
+    models, sentences, terms = read_request(req)
     plans = [plan_model(backend, m, req) for m in models]
     resident = {m.entry.id for m in backend.models.resident()}
     order = sorted(range(len(plans)), key=lambda i: plans[i].entry.id not in resident)
