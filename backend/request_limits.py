@@ -114,6 +114,10 @@ CHECKS: dict[type[BaseModel], tuple[Check, ...]] = {
     FeatureRequest: (
         Check("n_examples", "max_examples", "The number of examples (top + quantile bands)",
               "Ask for fewer examples or bands.", _examples),
+        Check("n_quantiles", "max_quantiles", "n_quantiles", "Ask for fewer bands.", _field("n_quantiles")),
+        Check("context_tokens", "max_context_tokens", "context_tokens", "Ask for less context.",
+              _field("context_tokens")),
+        Check("n_logits", "max_k", "n_logits", "Ask for fewer logits.", _field("n_logits")),
     ),
     ExplanationEdit: (
         Check("text", "max_explanation_chars", "The explanation (characters)", "Shorten it.",

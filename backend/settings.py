@@ -40,6 +40,8 @@ class Limits(BaseSettings):
     max_compare_terms: int = Field(32, ge=0, description="Domain terms in one comparison.")
     max_compare_term_chars: int = Field(100, ge=1, description="Characters of one domain term.")
     max_examples: int = Field(200, ge=1, description="Max-activating examples per feature.")
+    max_quantiles: int = Field(20, ge=0, description="Activation bands sampled per feature.")
+    max_context_tokens: int = Field(256, ge=0, description="Tokens of context on each side of an example.")
     max_explanation_chars: int = Field(2000, ge=1, description="Characters of a user's feature explanation.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="HTTP request body size.")
     lock_timeout_s: float = Field(120.0, gt=0, description="Wait for a busy model before 'busy'.")

@@ -12,11 +12,12 @@ from backend.schemas.common import FeatureRef, Request, Result
 class FeatureRequest(Request):
     feature: FeatureRef = Field(description="The feature; sae_set may name an SAE set or a per-layer "
                                             "transcoder set.")
+    # Their limits are the operator's (settings.Limits, checked by request_limits), not constants here.
     n_examples: int = Field(20, ge=0, description="Max-activating examples.")
-    n_quantiles: int = Field(5, ge=0, le=20, description="Bands of the activation range to sample.")
-    examples_per_quantile: int = Field(3, ge=0, le=50)
-    context_tokens: int = Field(16, ge=0, le=256, description="Tokens of context on each side.")
-    n_logits: int = Field(10, ge=0, le=100, description="Top positive and negative logits.")
+    n_quantiles: int = Field(5, ge=0, description="Bands of the activation range to sample.")
+    examples_per_quantile: int = Field(3, ge=0)
+    context_tokens: int = Field(16, ge=0, description="Tokens of context on each side.")
+    n_logits: int = Field(10, ge=0, description="Top positive and negative logits.")
 
 
 class Sampling(Result):
