@@ -39,11 +39,11 @@ def dense_activations(model, store, encoders: dict[int, tuple[str, object]]) -> 
         a, b = store.doc_bounds(doc)
         ids = store.tokens(a, b).tolist()
         for s in range(0, len(ids), seq_len - 1):
-            window = torch.tensor([[bos] + ids[s:s + seq_len - 1]])
+            window = torch.tensor([[bos] + ids[s:s + seq_len - 1]], device=model.cfg.device)
             with torch.no_grad():
                 _, cache = model.run_with_cache(window, names_filter=hooks)
                 for layer, (hook, encode) in encoders.items():
-                    out[layer].append(encode(cache[hook])[0, 1:].float().numpy())
+                    out[layer].append(encode(cache[hook])[0, 1:].float().cpu().numpy())
     return {layer: np.concatenate(rows) for layer, rows in out.items()}
 
 
@@ -55,7 +55,7 @@ def dense(backend, store):
     model = backend.load("demo").model
     encoders = {}
     for layer in store.layer_ids:
-        sae = SAE.load_from_disk(pack.sae_dir("res", layer))
+        sae = SAE.load_from_disk(pack.sae_dir("res", layer), device=backend.device)
         encoders[layer] = (f"blocks.{layer}.hook_resid_post", sae.encode)
     return dense_activations(model, store, encoders)
 
@@ -131,7 +131,7 @@ def test_dashboard_answers_equal_brute_force(backend, store, dense):
     view = store.layer(layer)
     z_idx, z_val = view.ds(L.Z_IDX)[:], view.ds(L.Z_VAL)[:]
     counts = (z > 0).sum(0)
-    sae = SAE.load_from_disk(backend.pack().sae_dir("res", layer))
+    sae = SAE.load_from_disk(backend.pack().sae_dir("res", layer), device=backend.device)
     for f in (int(np.argmax(counts)), int(np.argsort(counts)[len(counts) // 2]), 3):
         r = feature(backend, layer, f, n_examples=7, n_quantiles=4, examples_per_quantile=2, context_tokens=5,
                     n_logits=6)
@@ -179,7 +179,7 @@ def test_transcoder_features_use_the_same_store_code(backend):
     assert store.attr("dictionary_kind") == "transcoder"
     model = backend.load("demo").model
     path = backend.pack().transcoder_paths("demo")[1]
-    tc = load_relu_transcoder(str(path), 1, device=torch.device("cpu"), dtype=torch.float32, lazy_encoder=False,
+    tc = load_relu_transcoder(str(path), 1, device=torch.device(backend.device), dtype=torch.float32, lazy_encoder=False,
                               lazy_decoder=False)
     z = dense_activations(model, store, {1: ("blocks.1.hook_resid_mid", tc.encode)})[1]
     np.testing.assert_array_equal(store.layer(1).count, (z > 0).sum(0))
@@ -197,7 +197,7 @@ def test_search_by_text_ranks_the_peak_activations(backend):
     text = "Return a new path with the suffix changed."
     res = backend.search(SearchRequest(model="demo", sae_set="res", mode="text", text=text, layers=[0], k=5))
     model = backend.load("demo").model
-    sae = SAE.load_from_disk(backend.pack().sae_dir("res", 0))
+    sae = SAE.load_from_disk(backend.pack().sae_dir("res", 0), device=backend.device)
     with torch.no_grad():
         _, cache = model.run_with_cache(model.to_tokens(text), names_filter="blocks.0.hook_resid_post")
         z = sae.encode(cache["blocks.0.hook_resid_post"])[0, 1:]  # without the BOS position
