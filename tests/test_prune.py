@@ -12,20 +12,20 @@ from backend.local.prune import prune_graph, sorted_descending, threshold_of
 
 
 def synthetic(n_features: int, n_errors: int, n_tokens: int, n_logits: int, density: float, seed: int,
-              signed: bool = False, ties: bool = False, device: str = "cpu"):
-    """A graph in circuit-tracer's layout (features, errors, tokens, logits; rows are targets): edges only
-    from earlier to later nodes, so influence converges; tokens have no incoming edges."""
+              signed: bool = False, ties: bool = False, device: str = "cpu", n_layers: int = 6):
+    """A graph in circuit-tracer's layout (features, errors, tokens, logits; rows are targets). Features
+    and errors sit in layers, tokens below them and logits above; edges go only from a lower layer to a
+    higher one, so influence converges in n_layers + 1 steps, as in an attribution graph."""
     gen = torch.Generator().manual_seed(seed)
     n = n_features + n_errors + n_tokens + n_logits
+    layer = torch.cat([torch.randint(0, n_layers, (n_features + n_errors,), generator=gen),
+                       torch.full((n_tokens,), -1), torch.full((n_logits,), n_layers)])
     a = torch.randn(n, n, generator=gen)
     if not signed:
         a = a.abs()
     if ties:
         a = torch.round(a * 4) / 4  # many equal scores
-    a = a * (torch.rand(n, n, generator=gen) < density)
-    a = torch.tril(a, diagonal=-1)
-    tokens = slice(n_features + n_errors, n_features + n_errors + n_tokens)
-    a[tokens] = 0
+    a = a * (torch.rand(n, n, generator=gen) < density) * (layer[None, :] < layer[:, None])
     probs = torch.rand(n_logits, generator=gen)
     return SimpleNamespace(adjacency_matrix=a.to(device), logit_probabilities=(probs / probs.sum()).to(device),
                            logit_targets=list(range(n_logits)), input_tokens=torch.arange(n_tokens),

@@ -5,9 +5,10 @@ edge scores (about 25M for a 5,000-feature graph), takes their cumulative sum an
 place it reaches the threshold. Most of those scores are exactly zero (edges of pruned nodes, and
 the adjacency's own zeros), and a descending sort puts every zero in one run between the positive
 and the negative scores. So the sorted array is `sort(positives) ++ zeros ++ sort(negatives)`: only
-the non-zero scores need sorting. The cumulative sum and the total are then taken over that whole
-array, exactly as circuit-tracer takes them over its own sort (the same values in the same order,
-so the same float rounding), and the threshold is the same number. With a NaN among the scores the
+the non-zero scores need sorting. The total is then taken over that whole array, exactly as
+circuit-tracer takes it over its own sort (the same values in the same order, so the same float
+rounding), and so is the cumulative sum, or on the CPU only its positive prefix (see `threshold_of`):
+the threshold is the same number. With a NaN among the scores the
 order is circuit-tracer's to decide, and its own function is used.
 
 Everything else (influence, normalisation, the iterative removal of nodes without edges) calls
@@ -25,27 +26,47 @@ import torch
 def sorted_descending(scores: torch.Tensor) -> torch.Tensor:
     """`torch.sort(scores, descending=True).values` for a 1-D tensor without NaN, sorting only the
     non-zero entries."""
-    positive = scores[scores > 0]
-    negative = scores[scores < 0]
-    n_zero = scores.numel() - positive.numel() - negative.numel()
-    parts = [torch.sort(positive, descending=True).values]
-    if n_zero:
-        parts.append(torch.zeros(n_zero, dtype=scores.dtype, device=scores.device))
+    got = _ordered(scores)
+    return torch.sort(scores, descending=True).values if got is None else got[0]
+
+
+def _ordered(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the descending sort of `flat`, its positive prefix), sorting only the non-zero entries; None
+    when there is a NaN (NaN != 0, so any is among the non-zero entries)."""
+    nonzero = flat[flat != 0]
+    if bool(torch.isnan(nonzero).any()):
+        return None
+    positive = torch.sort(nonzero[nonzero > 0], descending=True).values
+    negative = torch.sort(nonzero[nonzero < 0], descending=True).values
+    ordered = flat.new_zeros(flat.numel())
+    ordered[:positive.numel()] = positive
     if negative.numel():
-        parts.append(torch.sort(negative, descending=True).values)
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+        ordered[flat.numel() - negative.numel():] = negative
+    return ordered, ordered[:positive.numel()]
 
 
 def threshold_of(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """The score at which the sorted scores' cumulative share first reaches `fraction`: the value of
-    circuit-tracer's `find_threshold(scores, fraction)`."""
+    circuit-tracer's `find_threshold(scores, fraction)`.
+
+    The total is summed over the whole sorted array (a float sum's rounding depends on its length).
+    On the CPU a cumulative sum runs front to back, so its first entries do not depend on what follows:
+    when the threshold is reached among the positive scores, only their cumulative sum is taken. On a
+    GPU the scan's blocking may depend on the length, so the whole array's is taken there."""
     from circuit_tracer.graph import find_threshold
 
     flat = scores.reshape(-1)
-    if bool(torch.isnan(flat).any()):
+    got = _ordered(flat)
+    if got is None:
         return find_threshold(flat, fraction)
-    ordered = sorted_descending(flat)
-    share = torch.cumsum(ordered, dim=0) / torch.sum(ordered)
+    ordered, positive = got
+    total = torch.sum(ordered)
+    if flat.device.type == "cpu" and positive.numel():
+        share = torch.cumsum(positive, dim=0) / total
+        at = int(torch.searchsorted(share, fraction).item())
+        if at < positive.numel():
+            return ordered[at]
+    share = torch.cumsum(ordered, dim=0) / total
     at = min(int(torch.searchsorted(share, fraction).item()), ordered.numel() - 1)
     return ordered[at]
 
