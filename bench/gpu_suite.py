@@ -62,38 +62,38 @@ def _all(*checks):
 
 def cases(smoke: bool) -> list[Case]:
     gemma_small = ["--gemma-layers", "2", "--vocab", "4096"] if smoke else []
-    toks = ["--tokens", "64", "--repeats", "2"] if smoke else ["--tokens", "512", "--repeats", "15"]
+    toks = ["--tokens", "64", "--repeats", "2"] if smoke else ["--tokens", "512", "--repeats", "10"]
+    steer_n = ["--repeats", "1", "--new-tokens", "8"] if smoke else ["--repeats", "2"]
+    analyze = Case("", [], 0, ("floor_ms", "ms"), ("full_analysis_ms", "ms"), "analysis_over_floor", "", None)
+    steer = Case("", [], 0, ("unsteered_tokens_per_s", "tok/s"), ("steered_tokens_per_s", "tok/s"),
+                 "steered_over_unsteered_tokens_per_s", "", None)
     return [
-        Case("highlighter, GPT-2 small shape, 512 tok, 12 x 24,576 SAEs",
-             ["bench/analyze.py", "--shape", "gpt2", *toks], 120,
-             ("floor_ms", "ms"), ("full_analysis_ms", "ms"), "analysis_over_floor",
-             "<= 12 ms; <= 1.15 x floor", _all(_le("full_analysis_ms", 12), _le("analysis_over_floor", 1.15))),
-        Case("highlighter, Gemma-2-2B shape (bf16), 512 tok, 26 x 16,384 JumpReLU",
-             ["bench/analyze.py", "--shape", "gemma", *toks, *gemma_small], 150,
-             ("floor_ms", "ms"), ("full_analysis_ms", "ms"), "analysis_over_floor",
-             "<= 45 ms; <= 1.15 x floor", _all(_le("full_analysis_ms", 45), _le("analysis_over_floor", 1.15))),
-        Case("steering, GPT-2 small shape, 32 + 48 tokens",
-             ["bench/steer.py", "--shape", "gpt2", "--repeats", "1" if smoke else "3",
-              *(["--new-tokens", "8"] if smoke else [])], 120,
-             ("unsteered_tokens_per_s", "tok/s"), ("steered_tokens_per_s", "tok/s"),
-             "steered_over_unsteered_tokens_per_s", ">= 250 tok/s", _ge("steered_tokens_per_s", 250)),
-        Case("steering, Gemma-2-2B shape (bf16), 32 + 48 tokens",
-             ["bench/steer.py", "--shape", "gemma", "--repeats", "1" if smoke else "3", *gemma_small,
-              *(["--new-tokens", "8"] if smoke else [])], 150,
-             ("unsteered_tokens_per_s", "tok/s"), ("steered_tokens_per_s", "tok/s"),
-             "steered_over_unsteered_tokens_per_s", ">= 60 tok/s", _ge("steered_tokens_per_s", 60)),
+        Case(**{**analyze.__dict__, "name": "highlighter, GPT-2 small shape, 512 tok, 12 x 24,576 SAEs",
+                "args": ["bench/analyze.py", "--shape", "gpt2", *toks], "timeout_s": 60,
+                "goal": "<= 12 ms; <= 1.15 x floor",
+                "check": _all(_le("full_analysis_ms", 12), _le("analysis_over_floor", 1.15))}),
+        Case(**{**analyze.__dict__, "name": "highlighter, Gemma-2-2B shape (bf16), 512 tok, 26 x 16,384 JumpReLU",
+                "args": ["bench/analyze.py", "--shape", "gemma", *toks, *gemma_small], "timeout_s": 90,
+                "goal": "<= 45 ms; <= 1.15 x floor",
+                "check": _all(_le("full_analysis_ms", 45), _le("analysis_over_floor", 1.15))}),
+        Case(**{**steer.__dict__, "name": "steering, GPT-2 small shape, 32 + 48 tokens",
+                "args": ["bench/steer.py", "--shape", "gpt2", *steer_n], "timeout_s": 60,
+                "goal": ">= 250 tok/s", "check": _ge("steered_tokens_per_s", 250)}),
         Case("corpus build, GPT-2 shape, 262k tokens, one 24,576 SAE at layer 8",
              ["bench/corpus_build.py", "--gpt2-shape", "--tokens", "2048" if smoke else "262144",
-              "--batch-tokens", "1024" if smoke else "65536", "--repeats", "1" if smoke else "2"], 150,
+              "--batch-tokens", "1024" if smoke else "65536", "--repeats", "1"], 75,
              ("forward_same_layers_tokens_per_s", "tok/s"), ("build_tokens_per_s", "tok/s"),
              "build_over_forward", ">= 0.7 x forward", _ge("build_over_forward", 0.7)),
         Case("graph, Gemma-2-2B shape (bf16), 64 tok, defaults",
              ["bench/graph.py", "--gemma-shape", "--repeats", "1",
               *(["--layers", "2", "--width", "512", "--vocab", "4096", "--tokens", "16", "--max-feature-nodes",
-                 "100"] if smoke else [])], 240,
+                 "100"] if smoke else [])], 120,
              ("attribute_alone_ms", "ms"), ("whole_request_ms", "ms"), "graph_request_over_attribute",
              "<= 20 s; our share <= 10%", _all(_le("whole_request_ms", 20_000),
                                                _le("graph_request_over_attribute", 1.10))),
+        Case(**{**steer.__dict__, "name": "steering, Gemma-2-2B shape (bf16), 32 + 48 tokens",
+                "args": ["bench/steer.py", "--shape", "gemma", *steer_n, *gemma_small], "timeout_s": 75,
+                "goal": ">= 60 tok/s", "check": _ge("steered_tokens_per_s", 60)}),
     ]
 
 
