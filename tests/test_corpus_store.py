@@ -31,19 +31,32 @@ def store(backend):
 
 
 def dense_activations(model, store, encoders: dict[int, tuple[str, object]]) -> dict[int, np.ndarray]:
-    """layer -> [n_tokens, d_sae]: each document in windows of seq_len (BOS first), one window at a time."""
+    """layer -> [n_tokens, d_sae]: each document cut into windows of seq_len (BOS first, padded), run in
+    batches of the build's size. The batches matter on a GPU only: there a matrix product's last bits
+    depend on the shape of the batch it is part of, and a JumpReLU threshold turns that into a flip."""
+    from backend.corpus.build import BuildOptions
+
     seq_len, bos = int(store.attr("seq_len")), model.tokenizer.bos_token_id
-    out: dict[int, list[np.ndarray]] = {layer: [] for layer in encoders}
-    hooks = [hook for hook, _ in encoders.values()]
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batch_rows = max(1, BuildOptions.batch_tokens // seq_len)
+    rows, valid = [], []
     for doc in range(store.n_docs):
         a, b = store.doc_bounds(doc)
         ids = store.tokens(a, b).tolist()
         for s in range(0, len(ids), seq_len - 1):
-            window = torch.tensor([[bos] + ids[s:s + seq_len - 1]], device=model.cfg.device)
-            with torch.no_grad():
-                _, cache = model.run_with_cache(window, names_filter=hooks)
-                for layer, (hook, encode) in encoders.items():
-                    out[layer].append(encode(cache[hook])[0, 1:].float().cpu().numpy())
+            chunk = ids[s:s + seq_len - 1]
+            rows.append([bos] + chunk + [pad] * (seq_len - 1 - len(chunk)))
+            valid.append([False] + [True] * len(chunk) + [False] * (seq_len - 1 - len(chunk)))
+    out: dict[int, list[np.ndarray]] = {layer: [] for layer in encoders}
+    hooks = [hook for hook, _ in encoders.values()]
+    for r in range(0, len(rows), batch_rows):
+        batch = torch.tensor(rows[r:r + batch_rows], device=model.cfg.device)
+        mask = torch.tensor(valid[r:r + batch_rows], device=model.cfg.device)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch, names_filter=hooks)
+            for layer, (hook, encode) in encoders.items():
+                out[layer].append(encode(cache[hook])[mask].float().cpu().numpy())
     return {layer: np.concatenate(rows) for layer, rows in out.items()}
 
 
