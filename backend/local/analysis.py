@@ -157,7 +157,7 @@ def _to_host(captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor 
 def _firing_rows(vals: torch.Tensor, idx: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
     """Per token the indices and values of the top-k that fire (> 0), strongest first. Top-k is
     sorted, so the firing ones come first: only rows whose last entry does not fire need cutting."""
-    indices, values = idx.tolist(), vals.tolist()
+    indices, values = idx.numpy().tolist(), vals.numpy().tolist()  # numpy's tolist: the same numbers, faster
     if vals.shape[-1] == 0:
         return indices, values
     short = torch.nonzero(vals[:, -1] <= 0).flatten().tolist()
