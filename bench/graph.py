@@ -72,7 +72,11 @@ def gemma_shape_model(layers: int, width: int, vocab: int, device: str, tokenize
         tcs[layer] = t
     transcoders = TranscoderSet(tcs, feature_input_hook="hook_resid_mid", feature_output_hook="hook_mlp_out",
                                 scan="random")
-    model = ReplacementModel.from_config(cfg, transcoders, tokenizer=tokenizer).eval()
+    try:  # built on the device directly: a 2B model built on the CPU first takes longer than its graphs
+        with torch.device(device):
+            model = ReplacementModel.from_config(cfg, transcoders, tokenizer=tokenizer).eval()
+    except (RuntimeError, TypeError):
+        model = ReplacementModel.from_config(cfg, transcoders, tokenizer=tokenizer).eval()
     return model, calibrate(model, tcs, vocab, device, l0)
 
 
@@ -113,6 +117,7 @@ def main() -> None:
     parser.add_argument("--max-feature-nodes", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="one warm-up run (ours) instead of two")
     parser.add_argument("--gemma-shape", action="store_true")
     parser.add_argument("--layers", type=int, default=26, help="with --gemma-shape")
     parser.add_argument("--width", type=int, default=16384, help="transcoder width, with --gemma-shape")
@@ -173,7 +178,8 @@ def main() -> None:
 
     import resource
 
-    alone()  # warm up both paths
+    if not args.quick:
+        alone()  # warm up both paths (with --quick, `ours` warms the kernels both share)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is in KiB)
     ours()
     peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - rss0
