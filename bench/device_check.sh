@@ -33,7 +33,7 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transforme
 TESTS="tests/test_analyze.py tests/test_cli.py tests/test_compare.py tests/test_corpus_store.py
   tests/test_experiments.py tests/test_graph.py tests/test_models_memory.py tests/test_steering.py
   tests/test_corpus_build.py tests/test_corpus_resume.py tests/test_corpus_errors.py tests/test_catalog.py
-  tests/test_contract.py"
+  tests/test_contract.py tests/test_prune.py"
 WORKERS=""
 "$PY" -c "import xdist" 2>/dev/null && WORKERS="-n 4 --dist loadfile"
 # shellcheck disable=SC2086
