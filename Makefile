@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test lint setup browser demo demo-store bench lock service clean
+.PHONY: run test lint setup browser demo demo-store bench bench-gpu lock service clean
 
 run: setup  ## set up, then open the app in the browser
 	$(PY) -m streamlit run app.py --server.port $(PORT)
@@ -42,7 +42,11 @@ demo-store: setup  ## the demo pack's corpus stores over its whole corpus (first
 	$(PY) -m backend.corpus build --model demo --sae-set demo
 
 bench: setup  ## run every benchmark with its default (quick) sizes
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do case $$b in */gpu_suite.py|*/shapes.py|*/timing.py) continue;; esac; \
+	  echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-gpu: setup  ## every benchmark at GPT-2 small and Gemma-2-2B shapes (a GPU host); table in bench/results/
+	$(PY) bench/gpu_suite.py
 
 service: setup  ## the HTTP service on 127.0.0.1:8000
 	$(PY) -m backend.http.service --host 127.0.0.1 --port 8000

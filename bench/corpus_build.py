@@ -53,33 +53,20 @@ def demo_setup(n_tokens: int):
 
 def gpt2_shape_setup(n_tokens: int, device: str):
     import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from backend.local.dictionaries import SaeLensDictionary
+    from bench import shapes
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
-                                  n_ctx=1024, act_fn="gelu_new", normalization_type="LN", device=device)
-    model = HookedTransformer(cfg).eval()
-    hook = "blocks.8.hook_resid_pre"
-    sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=24576, device=device,
-                                        metadata=SAEMetadata(hook_name=hook))).eval()
+    s = shapes.gpt2_shape(device, layers=[8])  # the seed's setup: one SAE at layer 8, calibrated L0
     gen = torch.Generator().manual_seed(0)
     docs, total = [], 0
     while total < n_tokens:
         n = min(int(torch.randint(60, 300, (1,), generator=gen)), n_tokens - total)
         docs.append(torch.randint(0, 50257, (n,), generator=gen).tolist())
         total += n
-    # A random SAE fires on half its features; a trained one on a few dozen. Set the encoder bias
-    # so that about `l0` features fire per token, as in a trained SAE.
-    l0 = 64
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(torch.tensor([docs[0][:128]], device=device), names_filter=hook)
-        pre = (cache[hook][0] - sae.b_dec) @ sae.W_enc
-        sae.b_enc.copy_(-torch.quantile(pre.float(), 1 - l0 / 24576, dim=0))
-    name = f"GPT-2 small shape, random weights, one SAE of 24,576 at layer 8 (L0 ~{l0})"
-    return model, [SaeLensDictionary(sae=sae, hook_name=hook, layer=8)], docs, name
+    sample = torch.tensor([docs[0][:128]], device=device)
+    l0 = shapes.measured_l0(s.dicts, shapes.activations(s.model, [s.dicts[0].hook_name], sample))
+    name = f"GPT-2 small shape, random weights, one SAE of 24,576 at layer 8 (measured L0 {l0:.0f})"
+    return s.model, s.dicts, docs, name
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ cache, greedy); the steered one adds a delta to one SAE feature on every prompt 
 generated token (the costliest case: one SAE encode per step). Goal: steered >= 0.8x unsteered.
 
     python bench/steer.py                 # the demo model (offline), on this machine's device
-    python bench/steer.py --gpt2-shape    # GPT-2 small shapes, random weights, a 24,576-wide SAE
+    python bench/steer.py --shape gpt2    # GPT-2 small shapes, random weights, a 24,576-wide SAE
+    python bench/steer.py --shape gemma   # Gemma-2-2B shapes (bf16 on a GPU), a 16,384-wide JumpReLU SAE
 
 Last line: `steered_over_unsteered_tokens_per_s: <ratio>`.
 """
@@ -36,26 +37,24 @@ def demo_setup(layer: int | None):
     return loaded.model, d, f"demo ({loaded.label or 'trained pack'})"
 
 
-def gpt2_shape_setup(device: str):
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+def shape_setup(shape: str, device: str, gemma_layers: int = 26, vocab: int = 256000):
+    """A random-weight model at real shapes with one calibrated SAE at about half depth."""
     from transformers import AutoTokenizer
 
-    from backend.local.dictionaries import SaeLensDictionary
+    from backend.local import LocalBackend
+    from bench import shapes
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
-                                  n_ctx=1024, act_fn="gelu_new", normalization_type="LN", device=device)
-    model = HookedTransformer(cfg).eval()
+    if shape == "gpt2":
+        s = shapes.gpt2_shape(device, layers=[6])
+    else:
+        s = shapes.gemma_shape(device, layers=[gemma_layers // 2], n_layers=gemma_layers, vocab=vocab)
     # Generation with a KV cache needs a tokenizer (TransformerLens builds the attention mask from its pad
     # token); the demo pack's serves, the token ids being random anyway.
-    from backend.local import LocalBackend
-
-    model.tokenizer = AutoTokenizer.from_pretrained(str(LocalBackend().pack().tokenizer_dir()))
-    hook = "blocks.6.hook_resid_pre"
-    sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=24576, device=device,
-                                        metadata=SAEMetadata(hook_name=hook))).eval()
-    return model, SaeLensDictionary(sae=sae, hook_name=hook, layer=6), "GPT-2 small shape, random weights"
+    s.model.tokenizer = AutoTokenizer.from_pretrained(str(LocalBackend().pack().tokenizer_dir()))
+    sample = shapes.random_tokens(1, 128, s.model.cfg.d_vocab, device, seed=2)
+    l0 = shapes.measured_l0(s.dicts, shapes.activations(s.model, [s.dicts[0].hook_name], sample))
+    print(f"measured_l0: {l0:.1f}")
+    return s.model, s.dicts[0], f"{s.name}, random weights"
 
 
 def main() -> None:
@@ -63,7 +62,10 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--gpt2-shape", action="store_true")
+    parser.add_argument("--shape", choices=["demo", "gpt2", "gemma"], default="demo")
+    parser.add_argument("--gpt2-shape", action="store_true", help="the same as --shape gpt2")
+    parser.add_argument("--gemma-layers", type=int, default=26, help="with --shape gemma (fewer: a smoke test)")
+    parser.add_argument("--vocab", type=int, default=256000, help="with --shape gemma (smaller: a smoke test)")
     args = parser.parse_args()
     import torch
 
@@ -72,7 +74,8 @@ def main() -> None:
     from backend.local.interventions import Edit, SteeringHooks
 
     device = resolve_device("auto")
-    model, d, name = gpt2_shape_setup(device) if args.gpt2_shape else demo_setup(None)
+    shape = "gpt2" if args.gpt2_shape else args.shape
+    model, d, name = demo_setup(None) if shape == "demo" else shape_setup(shape, device, args.gemma_layers, args.vocab)
     vocab = model.cfg.d_vocab
     prompt = torch.randint(1, vocab, (1, args.prompt_tokens), device=model.cfg.device,
                            generator=torch.Generator(device=model.cfg.device).manual_seed(0))

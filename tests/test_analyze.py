@@ -15,11 +15,13 @@ TEXT = "The tokamak reached H-mode. Plasma confinement improved; 42 shots later,
 
 
 def reference_topk(model, sae, hook: str, text: str, k: int):
-    """Activations from run_with_cache, SAELens' encode, then torch.topk: the expected answer."""
+    """Activations from run_with_cache, SAELens' encode, then torch.topk: the expected answer, computed on
+    the model's device (the SAE is moved there), returned on the CPU."""
     tokens = model.to_tokens(text)
+    sae = sae.to(model.cfg.device)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=hook)
-        z = sae.encode(cache[hook])[0]
+        z = sae.encode(cache[hook])[0].float().cpu()
     top = torch.topk(z, k, dim=-1)
     return top.values, top.indices, z
 
@@ -108,10 +110,12 @@ def seed_analyze(model, sae: SeedTopKSAE, text: str, window: int = 64) -> torch.
         flat = flat - flat.mean(-1, keepdim=True)
         acts.append(flat / flat.norm(dim=-1, keepdim=True))
 
-    model.run_with_hooks(torch.tensor(rows), fwd_hooks=[("blocks.8.hook_resid_pre", save)], return_type=None)
+    device = model.cfg.device
+    model.run_with_hooks(torch.tensor(rows, device=device), fwd_hooks=[("blocks.8.hook_resid_pre", save)],
+                         return_type=None)
     with torch.no_grad():
-        _, z = sae(torch.cat(acts))
-    return z[: len(ids)]
+        _, z = sae.to(device)(torch.cat(acts))
+    return z[: len(ids)].cpu()
 
 
 def test_topk_checkpoint_matches_seed_reimplementation(backend, test_root):

@@ -16,7 +16,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_info_and_catalog(hf_cache):
     info = run_cli("info")
     assert info.returncode == 0, info.stderr
-    assert InfoResult.model_validate_json(info.stdout).device.kind == "cpu"
+    from backend.compute import resolve_device
+    from backend.settings import Settings
+
+    assert InfoResult.model_validate_json(info.stdout).device.kind == resolve_device(Settings().device)
     cat = run_cli("catalog")
     assert cat.returncode == 0, cat.stderr
     models = {m.id: m for m in CatalogResult.model_validate_json(cat.stdout).models}

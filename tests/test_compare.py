@@ -179,8 +179,8 @@ def _ref_sae(backend, model_id: str, layer: int):
     from sae_lens import SAE
 
     if model_id == "demo":
-        return SAE.load_from_disk(backend.pack().sae_dir("res", layer), device="cpu")
-    return SAE.from_pretrained("gpt2-small-res-jb", f"blocks.{layer}.hook_resid_pre", device="cpu")
+        return SAE.load_from_disk(backend.pack().sae_dir("res", layer), device=backend.device)
+    return SAE.from_pretrained("gpt2-small-res-jb", f"blocks.{layer}.hook_resid_pre", device=backend.device)
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -202,7 +202,7 @@ def test_features_on_terms_equal_saelens_encode(result, backend, index):
         ids, _, owner, _, _ = ref_sentence(model, text, TERMS)
         with torch.no_grad():
             _, cache = model.run_with_cache(model.to_tokens(text), names_filter=fr.hook_name)
-            z = sae.encode(cache[fr.hook_name])[0]
+            z = sae.encode(cache[fr.hook_name])[0].cpu()
         for p in range(1, len(ids)):  # position 0 is BOS
             (z_terms if owner[p] else z_other).append(z[p])
             for t in owner[p]:
@@ -252,8 +252,9 @@ def test_a_budget_for_one_model_still_compares_both(result, backend):
     with progress saying so, and the figures are those of the unconstrained run."""
     from backend import compute
 
-    est = {m: compute.estimate_memory(backend.model_entry(m), seq_len=512, batch_size=1, dtype="float32",
-                                      device="cpu").total_gb * compute.GB for m in MODELS}
+    est = {m: compute.estimate_memory(backend.model_entry(m), seq_len=512, batch_size=1,
+                                      dtype=backend.dtype_for(backend.model_entry(m)),
+                                      device=backend.device).total_gb * compute.GB for m in MODELS}
     small, big = sorted(MODELS, key=est.get)
     budget = (est[big] + 4096) / compute.GB
     tight = LocalBackend(Settings(memory_budget_gb=budget))
@@ -276,7 +277,8 @@ def test_a_budget_for_one_model_still_compares_both(result, backend):
     assert [m.model for m in got.models] == [small, big], "results come in the requested order"
     # Again: the model still loaded is read first, so each model is loaded once, not twice.
     again = tight.compare(CompareRequest(models=[small, big], sentences=SENTENCES[:1], domain_terms=TERMS))
-    assert f"Loaded {name[small]} (float32, cpu)." in again.notes
+    dtype = tight.dtype_for(tight.model_entry(small))
+    assert f"Loaded {name[small]} ({dtype}, {tight.device})." in again.notes
     assert not any(note.startswith(f"Loaded {name[big]}") for note in again.notes), again.notes
     assert [m.model for m in again.models] == [small, big]
 

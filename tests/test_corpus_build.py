@@ -86,12 +86,25 @@ def sharded(backend, corpus_dir, tmp_path_factory) -> Path:
     return build(backend, corpus_dir / "reviews.jsonl", out, shard_tokens=SHARD_TOKENS, keep_shards=True)
 
 
-def test_sharded_build_equals_one_shard(one_shard, sharded):
+def test_sharded_build_equals_one_shard(backend, one_shard, sharded):
     with CorpusStore(sharded) as s:
         assert s.attr("n_shards") > 3 and s.n_docs == len(TEXTS)
         assert [s.meta(d)["stars"] for d in range(s.n_docs)] == [r["stars"] for r in ROWS]
     a, b = datasets_of(one_shard), datasets_of(sharded)
     assert a.keys() == b.keys()
+    if backend.device != "cpu":
+        # The shards batch other windows together than the single shard does, and on a GPU a matrix
+        # product's last bits depend on its batch's shape: values agree closely, and the few entries
+        # ranked among near-equal values, or at a JumpReLU threshold, may differ. Exact on a CPU.
+        for name in a:
+            assert a[name].shape == b[name].shape, name
+            if a[name].dtype.kind == "f":
+                np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+            elif "layers/" not in name:  # tokens, documents and their metadata: exact
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+            else:
+                assert np.mean(a[name] == b[name]) > 0.9, name
+        return
     for name in a:
         if name.endswith(L.STAT_SUM):  # float sums in another order
             np.testing.assert_allclose(a[name], b[name], rtol=1e-9)

@@ -31,19 +31,32 @@ def store(backend):
 
 
 def dense_activations(model, store, encoders: dict[int, tuple[str, object]]) -> dict[int, np.ndarray]:
-    """layer -> [n_tokens, d_sae]: each document in windows of seq_len (BOS first), one window at a time."""
+    """layer -> [n_tokens, d_sae]: each document cut into windows of seq_len (BOS first, padded), run in
+    batches of the build's size. The batches matter on a GPU only: there a matrix product's last bits
+    depend on the shape of the batch it is part of, and a JumpReLU threshold turns that into a flip."""
+    from backend.corpus.build import BuildOptions
+
     seq_len, bos = int(store.attr("seq_len")), model.tokenizer.bos_token_id
-    out: dict[int, list[np.ndarray]] = {layer: [] for layer in encoders}
-    hooks = [hook for hook, _ in encoders.values()]
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batch_rows = max(1, BuildOptions.batch_tokens // seq_len)
+    rows, valid = [], []
     for doc in range(store.n_docs):
         a, b = store.doc_bounds(doc)
         ids = store.tokens(a, b).tolist()
         for s in range(0, len(ids), seq_len - 1):
-            window = torch.tensor([[bos] + ids[s:s + seq_len - 1]])
-            with torch.no_grad():
-                _, cache = model.run_with_cache(window, names_filter=hooks)
-                for layer, (hook, encode) in encoders.items():
-                    out[layer].append(encode(cache[hook])[0, 1:].float().numpy())
+            chunk = ids[s:s + seq_len - 1]
+            rows.append([bos] + chunk + [pad] * (seq_len - 1 - len(chunk)))
+            valid.append([False] + [True] * len(chunk) + [False] * (seq_len - 1 - len(chunk)))
+    out: dict[int, list[np.ndarray]] = {layer: [] for layer in encoders}
+    hooks = [hook for hook, _ in encoders.values()]
+    for r in range(0, len(rows), batch_rows):
+        batch = torch.tensor(rows[r:r + batch_rows], device=model.cfg.device)
+        mask = torch.tensor(valid[r:r + batch_rows], device=model.cfg.device)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch, names_filter=hooks)
+            for layer, (hook, encode) in encoders.items():
+                out[layer].append(encode(cache[hook])[mask].float().cpu().numpy())
     return {layer: np.concatenate(rows) for layer, rows in out.items()}
 
 
@@ -55,7 +68,7 @@ def dense(backend, store):
     model = backend.load("demo").model
     encoders = {}
     for layer in store.layer_ids:
-        sae = SAE.load_from_disk(pack.sae_dir("res", layer))
+        sae = SAE.load_from_disk(pack.sae_dir("res", layer), device=backend.device)
         encoders[layer] = (f"blocks.{layer}.hook_resid_post", sae.encode)
     return dense_activations(model, store, encoders)
 
@@ -131,7 +144,7 @@ def test_dashboard_answers_equal_brute_force(backend, store, dense):
     view = store.layer(layer)
     z_idx, z_val = view.ds(L.Z_IDX)[:], view.ds(L.Z_VAL)[:]
     counts = (z > 0).sum(0)
-    sae = SAE.load_from_disk(backend.pack().sae_dir("res", layer))
+    sae = SAE.load_from_disk(backend.pack().sae_dir("res", layer), device=backend.device)
     for f in (int(np.argmax(counts)), int(np.argsort(counts)[len(counts) // 2]), 3):
         r = feature(backend, layer, f, n_examples=7, n_quantiles=4, examples_per_quantile=2, context_tokens=5,
                     n_logits=6)
@@ -179,8 +192,9 @@ def test_transcoder_features_use_the_same_store_code(backend):
     assert store.attr("dictionary_kind") == "transcoder"
     model = backend.load("demo").model
     path = backend.pack().transcoder_paths("demo")[1]
-    tc = load_relu_transcoder(str(path), 1, device=torch.device("cpu"), dtype=torch.float32, lazy_encoder=False,
-                              lazy_decoder=False)
+    tc = load_relu_transcoder(
+        str(path), 1, device=torch.device(backend.device), dtype=torch.float32, lazy_encoder=False, lazy_decoder=False
+    )
     z = dense_activations(model, store, {1: ("blocks.1.hook_resid_mid", tc.encode)})[1]
     np.testing.assert_array_equal(store.layer(1).count, (z > 0).sum(0))
     view = store.layer(1)
@@ -197,7 +211,7 @@ def test_search_by_text_ranks_the_peak_activations(backend):
     text = "Return a new path with the suffix changed."
     res = backend.search(SearchRequest(model="demo", sae_set="res", mode="text", text=text, layers=[0], k=5))
     model = backend.load("demo").model
-    sae = SAE.load_from_disk(backend.pack().sae_dir("res", 0))
+    sae = SAE.load_from_disk(backend.pack().sae_dir("res", 0), device=backend.device)
     with torch.no_grad():
         _, cache = model.run_with_cache(model.to_tokens(text), names_filter="blocks.0.hook_resid_post")
         z = sae.encode(cache["blocks.0.hook_resid_post"])[0, 1:]  # without the BOS position

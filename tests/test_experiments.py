@@ -222,7 +222,7 @@ def test_auto_choice_takes_live_features_above_the_percentile(backend):
             tokens = model.to_tokens(text)
             _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
             z = d.sae.encode(cache["blocks.1.hook_resid_post"])[0, 1:]  # not BOS
-            fires += (z > 0).sum(0)
+            fires += (z > 0).sum(0).cpu()
             n += z.shape[0]
     rates = (fires / n).numpy()
     live = rates[rates > 0]

@@ -186,9 +186,9 @@ def test_raw_graph_round_trips_without_pickle(tmp_path, reference):
     cache = GraphCache(tmp_path, 1 << 30)
     cache.put_raw("k", graph, background=False)
     back = cache.get_raw("k")
-    assert torch.equal(back.adjacency_matrix, graph.adjacency_matrix)
-    assert torch.equal(back.active_features, graph.active_features)
-    assert torch.equal(back.selected_features, graph.selected_features)
+    for name in ("adjacency_matrix", "active_features", "selected_features"):
+        ours, theirs = getattr(back, name), getattr(graph, name)
+        assert torch.equal(ours.to(theirs.device), theirs), name
     assert back.logit_targets == graph.logit_targets and back.scan == graph.scan
     assert back.cfg.n_layers == graph.cfg.n_layers
 
@@ -238,6 +238,7 @@ def test_seed_bodies_validate_and_resolve(backend):
 
 def test_estimate_for_gemma_before_anything_is_downloaded(backend):
     """Offline, with no Gemma files: an upper-bound estimate from the catalog's published figures."""
+    from backend import compute
     from backend.compute import GB
 
     prompt = "The capital of Texas is"
@@ -246,7 +247,8 @@ def test_estimate_for_gemma_before_anything_is_downloaded(backend):
     assert res.graph is None and res.transcoder_set == "gemma"
     assert not est.tokens_exact and est.n_tokens == len(prompt.encode()) + 1
     entry = backend.model_entry("gemma-2-2b")
-    weights = entry.n_params * 4 + 26 * (16384 * 2304 + 16384) * 4  # float32 on CPU, lazy decoders
+    nbytes = compute.DTYPE_BYTES[backend.dtype_for(entry)]  # float32 on a CPU, bfloat16 on a GPU
+    weights = (entry.n_params + 26 * (16384 * 2304 + 16384)) * nbytes  # lazy decoders
     assert est.model_gb == pytest.approx(weights / GB, abs=1e-3)
     assert est.backward_passes == -(-10 // 48) + -(-est.feature_rows // 48)
     if est.fits is False:  # this machine cannot hold it: the estimate says so, with the figures

@@ -17,7 +17,8 @@ def test_refuses_a_model_that_cannot_fit_with_the_figures(hf_cache):
         be.analyze(AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text="hello", layers=[0]))
     msg = err.value.message
     entry = be.model_entry("gpt2-small")
-    need = compute.estimate_memory(entry, seq_len=512, batch_size=1, dtype="float32", device="cpu").total_gb
+    need = compute.estimate_memory(entry, seq_len=512, batch_size=1, dtype=be.dtype_for(entry),
+                                  device=be.device).total_gb
     assert f"{need:.2f} GB" in msg, msg
     assert "the budget is 0.00 GB" in msg
     assert "FEATURESCOPE_MEMORY_BUDGET_GB" in msg
@@ -44,7 +45,7 @@ def test_info_reports_loaded_models_and_their_memory(backend):
     params = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     assert gpt2.memory_gb * compute.GB >= params
     assert {0, 1} <= set(gpt2.sae_layers["res-jb"])
-    assert info.device.kind == "cpu" and info.device.total_gb > 0
+    assert info.device.kind == backend.device and info.device.total_gb > 0
     assert info.versions["sae-lens"] != "not installed"
     assert info.limits["max_prompt_tokens"] == backend.limits.max_prompt_tokens
 
@@ -98,9 +99,9 @@ def test_demo_transcoders_load_as_dictionaries_matching_circuit_tracer(backend):
     (d,) = backend.models.transcoders(loaded, tc_set, [1])
     assert (d.hook_name, d.out_hook_name) == ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")
     assert "tc:demo" in loaded.loaded_layers()
-    ref = load_relu_transcoder(str(backend.pack().transcoder_paths("demo")[1]), 1, device=torch.device("cpu"),
+    ref = load_relu_transcoder(str(backend.pack().transcoder_paths("demo")[1]), 1, device=torch.device(backend.device),
                                lazy_encoder=False, lazy_decoder=False)
-    x = torch.randn(5, d.d_in)
+    x = torch.randn(5, d.d_in, device=backend.device)
     assert torch.allclose(d.encode(x), ref.encode(x))
     assert torch.allclose(d.decode(d.encode(x)), ref.decode(ref.encode(x)), atol=1e-6)
     assert d.w_dec.shape == (d.d_sae, d.d_in)

@@ -123,16 +123,55 @@ def run_dictionaries(
     fwd_hooks = [(d.hook_name, make_hook(d)) for d in dictionaries]
     with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
         model(tokens.ids, return_type=None, stop_at_layer=stop_layer([d.hook_name for d in dictionaries]))
+    return _to_host(captured, tokens.n_tokens)
 
-    n = tokens.n_tokens
-    out = {}
-    for layer, (vals, idx, tracked) in captured.items():
-        vals = vals.reshape(-1, vals.shape[-1])[:n].float().cpu()
-        idx = idx.reshape(-1, idx.shape[-1])[:n].cpu()
-        if tracked is not None:
-            tracked = tracked.reshape(-1, tracked.shape[-1])[:n].float().cpu()
-        out[layer] = (vals, idx, tracked)
+
+def _to_host(captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], n: int,
+             ) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Every layer's (values, indices, tracked) on the CPU, [n, ...] each, in two device->host copies
+    (one of all the values, one of all the indices) instead of three per layer: on a GPU each copy is
+    a synchronisation. Values become float32 on the device; the numbers are those of per-layer copies."""
+    if not captured:
+        return {}
+    layers = list(captured)
+    vals = [captured[layer][0].reshape(-1, captured[layer][0].shape[-1])[:n].float() for layer in layers]
+    idx = [captured[layer][1].reshape(-1, captured[layer][1].shape[-1])[:n] for layer in layers]
+    tracked = [captured[layer][2] for layer in layers]
+    tracked = [None if t is None else t.reshape(-1, t.shape[-1])[:n].float() for t in tracked]
+    floats = [v.reshape(-1) for v in vals] + [t.reshape(-1) for t in tracked if t is not None]
+    flat_vals = torch.cat(floats).cpu() if len(floats) > 1 else floats[0].cpu()
+    flat_idx = torch.cat([i.reshape(-1) for i in idx]).cpu() if len(idx) > 1 else idx[0].reshape(-1).cpu()
+    out: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    pos_v = pos_i = 0
+    host_vals, host_tracked = [], []
+    for v in vals:
+        host_vals.append(flat_vals[pos_v:pos_v + v.numel()].view(v.shape))
+        pos_v += v.numel()
+    for t in tracked:
+        if t is None:
+            host_tracked.append(None)
+        else:
+            host_tracked.append(flat_vals[pos_v:pos_v + t.numel()].view(t.shape))
+            pos_v += t.numel()
+    for layer, v, i, t in zip(layers, host_vals, idx, host_tracked):
+        out[layer] = (v, flat_idx[pos_i:pos_i + i.numel()].view(i.shape), t)
+        pos_i += i.numel()
     return out
+
+
+def _firing_rows(vals: torch.Tensor, idx: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
+    """Per token the indices and values of the top-k that fire (> 0), strongest first. Top-k is
+    sorted, so the firing ones come first: only rows whose last entry does not fire need cutting."""
+    indices, values = idx.numpy().tolist(), vals.numpy().tolist()  # numpy's tolist: the same numbers, faster
+    if vals.shape[-1] == 0:
+        return indices, values
+    short = torch.nonzero(vals[:, -1] <= 0).flatten().tolist()
+    if short:
+        counts = (vals[short] > 0).sum(-1).tolist()
+        for row, n in zip(short, counts):
+            indices[row] = indices[row][:n]
+            values[row] = values[row][:n]
+    return indices, values
 
 
 def to_results(
@@ -143,18 +182,17 @@ def to_results(
     neuronpedia: dict[int, str | None],
 ) -> tuple[list[LayerTopK], list[TrackedActivations]]:
     """Plain results: per layer of `top_layers` the firing top-k per token; per tracked feature
-    its activation on every token."""
+    its activation on every token. The lists come from `tolist()` (Python ints and floats), so the
+    models are built without re-validating tens of thousands of numbers."""
     layers: list[LayerTopK] = []
     for d in top_layers:
         vals, idx, _ = captured[d.layer]
-        counts = (vals > 0).sum(-1).tolist()  # top-k is sorted, so the firing ones come first
-        indices = [row[:n] for row, n in zip(idx.tolist(), counts)]
-        values = [row[:n] for row, n in zip(vals.tolist(), counts)]
+        indices, values = _firing_rows(vals, idx)
         names = explain.get(d.layer, {})
-        listed = {i for row in indices for i in row}
-        layers.append(LayerTopK(layer=d.layer, hook_name=d.hook_name, d_sae=d.d_sae,
-                                neuronpedia_id=neuronpedia.get(d.layer), indices=indices, values=values,
-                                explanations={i: names[i] for i in listed if i in names}))
+        listed = {i for row in indices for i in row} if names else set()
+        layers.append(LayerTopK.model_construct(
+            layer=d.layer, hook_name=d.hook_name, d_sae=d.d_sae, neuronpedia_id=neuronpedia.get(d.layer),
+            indices=indices, values=values, explanations={i: names[i] for i in listed if i in names}))
     tracked_out: list[TrackedActivations] = []
     for layer, indices in track.items():
         columns = captured[layer][2]

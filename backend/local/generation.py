@@ -28,13 +28,14 @@ class Generation:
 
 def _sample(
     logits: torch.Tensor, counts: torch.Tensor, temperature: float, freq_penalty: float, gen: torch.Generator
-) -> int:
+) -> torch.Tensor:
+    """The next token as a [1, 1] tensor on the logits' device (fed to the next step as it is)."""
     if temperature == 0.0:
-        return int(logits.argmax())
+        return logits.argmax().view(1, 1)
     scaled = logits.float() / temperature
     if freq_penalty:
         scaled = scaled - freq_penalty * counts
-    return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen))
+    return torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen).view(1, 1)
 
 
 def generate(
@@ -66,19 +67,30 @@ def generate(
         top_ids, top_probs = steer_metrics.top_k_table(logits, top_k)
         counts = torch.bincount(prompt[0], minlength=logits.shape[-1]).float() if freq_penalty else None
         last = logits[-1]
+        steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # each step's top-k, kept on the device
+        ended = False
         with model.hooks(fwd_hooks=list(step_hooks)):
             for _ in range(n_tokens):
-                token = _sample(last, counts, temperature, freq_penalty, gen)
+                token_t = _sample(last, counts, temperature, freq_penalty, gen)
+                token = int(token_t)  # the one host sync per step: the sampled token
                 ids.append(token)
                 if counts is not None:
                     counts[token] += 1
                 if eos is not None and token == eos:
-                    top_ids.append([])
-                    top_probs.append([])
+                    ended = True
                     break
-                step = model(torch.tensor([[token]], device=device), past_kv_cache=cache)[0]
-                t_ids, t_probs = steer_metrics.top_k_table(step, top_k)
-                top_ids += t_ids
-                top_probs += t_probs
+                step = model(token_t, past_kv_cache=cache)[0]
+                if top_k > 0:
+                    steps.append(steer_metrics.top_k_tensors(step, top_k))
                 last = step[-1]
+        n_steps = len(ids) - prompt.shape[1] - (1 if ended else 0)
+        if top_k > 0 and steps:
+            top_ids += torch.cat([i for i, _ in steps]).tolist()
+            top_probs += torch.cat([p for _, p in steps]).tolist()
+        elif n_steps:
+            top_ids += [[] for _ in range(n_steps)]
+            top_probs += [[] for _ in range(n_steps)]
+        if ended:
+            top_ids.append([])
+            top_probs.append([])
     return Generation(ids=ids, prompt_logits=prompt_logits, top_ids=top_ids, top_probs=top_probs)

@@ -222,7 +222,10 @@ class GraphEngine:
                  pack: DemoPack | None, raw_key: str, ids: list[int] | None, est: GraphEstimate,
                  progress: Progress) -> GraphResult:
         from backend.local.attribution import run_attribute
-        from backend.local.graph_json import build_graph_json, prune
+        from backend.local.graph_json import build_graph_json
+        from backend.local.prune import (
+            prune,  # circuit-tracer's prune_graph, exactly, without a 25M-entry sort
+        )
 
         timings: dict[str, float] = {}
         graph = self.cache.get_raw(raw_key)

@@ -123,6 +123,12 @@ def top_k_table(logits: torch.Tensor, k: int) -> tuple[list[list[int]], list[lis
     """Per position [seq, vocab] -> the top-k next-token ids and probabilities, as lists."""
     if k <= 0:
         return [[] for _ in range(logits.shape[0])], [[] for _ in range(logits.shape[0])]
+    ids, probs = top_k_tensors(logits, k)
+    return ids.tolist(), probs.tolist()
+
+
+def top_k_tensors(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_table` left on the device (k >= 1): gather many steps' tables, then copy them once."""
     probs = torch.softmax(logits.float(), dim=-1)
     top = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)
-    return top.indices.tolist(), top.values.tolist()
+    return top.indices, top.values
