@@ -14,8 +14,22 @@ from dataclasses import dataclass
 
 import torch
 
+from backend.errors import InvalidRequest
 from backend.local import steer_metrics
 from backend.local.interventions import Hook
+
+NON_FINITE_ADVICE = (
+    "The run produced non-finite logits (inf or NaN): the model overflowed. Lower the steering "
+    "amounts (delta, set_value, alpha or alphas) or the frequency penalty, and try again."
+)
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """`logits`, or InvalidRequest when an edit made them overflow (sampling would fail, and greedy
+    decoding would answer NaN probabilities)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise InvalidRequest(NON_FINITE_ADVICE)
+    return logits
 
 
 @dataclass
@@ -34,6 +48,8 @@ def _sample(
     scaled = logits.float() / temperature
     if freq_penalty:
         scaled = scaled - freq_penalty * counts
+    if not bool(torch.isfinite(scaled).all()):  # finite logits / a small temperature can still overflow
+        raise InvalidRequest(NON_FINITE_ADVICE.replace("frequency penalty", "frequency penalty, or raise the temperature"))
     return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen))
 
 
@@ -61,7 +77,7 @@ def generate(
     ids = prompt[0].tolist()
     with torch.inference_mode():
         with model.hooks(fwd_hooks=list(prompt_hooks)):
-            logits = model(prompt, past_kv_cache=cache)[0]
+            logits = _finite(model(prompt, past_kv_cache=cache)[0])
         prompt_logits = logits
         top_ids, top_probs = steer_metrics.top_k_table(logits, top_k)
         counts = torch.bincount(prompt[0], minlength=logits.shape[-1]).float() if freq_penalty else None
@@ -76,7 +92,7 @@ def generate(
                     top_ids.append([])
                     top_probs.append([])
                     break
-                step = model(torch.tensor([[token]], device=device), past_kv_cache=cache)[0]
+                step = _finite(model(torch.tensor([[token]], device=device), past_kv_cache=cache)[0])
                 t_ids, t_probs = steer_metrics.top_k_table(step, top_k)
                 top_ids += t_ids
                 top_probs += t_probs
