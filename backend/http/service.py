@@ -254,6 +254,32 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
     return f"The request is malformed — {'; '.join(parts)}{more}. See /docs for the fields.", clean
 
 
+def _framing_error(errors: list[dict[str, Any]], content_type: str | None) -> InvalidRequest | None:
+    """A body that is not JSON at all: undecodable (the position named) or sent with another content
+    type. Both are 400s, as the OpenAPI documents, not field errors."""
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        if e.get("type") == "json_invalid":
+            pos = loc[1] if len(loc) > 1 else "?"
+            why = (e.get("ctx") or {}).get("error", "")
+            return InvalidRequest(
+                f"JSON decode error at character {pos}{f' ({why})' if why else ''}: the body is not valid "
+                "JSON. Send one JSON object."
+            )
+    media = (content_type or "").split(";")[0].strip().lower()
+    is_json = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    body_not_read = any(
+        list(e.get("loc", ())) == ["body"] and e.get("type") != "missing" for e in errors
+    )
+    if not is_json and body_not_read:
+        sent = f"Content-Type {media!r}" if media else "no Content-Type"
+        return InvalidRequest(
+            f"The body was sent with {sent}, so it was not read as JSON. Send it as JSON with the header "
+            "'Content-Type: application/json'."
+        )
+    return None
+
+
 def _protocol_endpoint(service: Service, method: Method) -> Callable[..., Any]:
     if method.request is None:
 
@@ -363,8 +389,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, errors = _validation_message(list(exc.errors()))
-        return error_response(InvalidRequest(message, errors=errors))
+        errors = list(exc.errors())
+        framing = _framing_error(errors, request.headers.get("content-type"))
+        if framing is not None:
+            return error_response(framing, 400)
+        message, clean = _validation_message(errors)
+        return error_response(InvalidRequest(message, errors=clean))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
