@@ -332,3 +332,24 @@ def test_two_concurrent_clients_each_get_their_solo_result(backend, remote_servi
     for i, runs in enumerate(results):
         for got in runs:
             assert got == solo[i], f"client {i} ({jobs[i][0]}) got a different result when run concurrently"
+
+
+@pytest.mark.parametrize(("method", "case"), ALL_CASES, ids=[f"{m}-{c.id}" for m, c in ALL_CASES])
+def test_every_answer_validates_against_its_own_model(method: str, case: Case, remote_service):
+    """The raw HTTP answer, not the client's parse of it: a result is the method's result model
+    (no null where a float belongs), an error is the error body, and nothing is a 5xx but the
+    documented ones."""
+    import httpx
+
+    from backend.schemas.service import ErrorBody
+
+    m = protocol_methods()[method]
+    body = None if case.request is None else case.request.model_dump(mode="json")
+    response = httpx.request(m.http_method, remote_service.url + m.path, json=body, timeout=600,
+                             headers={"X-Api-Key": remote_service.key})
+    assert response.status_code < 500 or response.status_code in (501, 503, 507), response.text[:300]
+    if response.status_code == 200:
+        m.result.model_validate_json(response.content)
+        assert case.expect is None, f"expected {case.expect}, got a result"
+    else:
+        ErrorBody.model_validate_json(response.content)

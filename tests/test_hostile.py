@@ -136,7 +136,7 @@ def test_non_finite_json_numbers_are_refused_naming_the_field(client, literal):
     assert response.status_code == 422 and "alpha" in response.json()["message"], response.text
 
 
-@pytest.mark.parametrize("k", [True, "10", 10.5, 2**64])
+@pytest.mark.parametrize("k", [True, "10", 10.5])
 def test_wire_types_are_strict(client, k):
     body = {"model": "demo", "sae_set": "res", "text": "The cat sat.", "k": k}
     response = checked(client.post("/api/analyze", json=body), "/api/analyze")
