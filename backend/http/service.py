@@ -178,8 +178,8 @@ class Service:
                     ) from None
                 log.exception("%s failed", method.name)
                 raise BackendError(
-                    f"The service failed in {method.name} ({type(exc).__name__}). Retry; if it "
-                    "persists, report it with the service log."
+                    f"The service failed in {method.name} ({type(exc).__name__}): a bug in the service, not "
+                    "something to change in the request. Report it with the service log (method and time)."
                 ) from exc
         receipt = None
         if upload_to:
