@@ -78,9 +78,10 @@ THROTTLE = Throttle()
 def _client() -> str:
     """The visitor's IP address (None on localhost, where every visitor is this machine)."""
     try:
-        return st.context.ip_address or "localhost"
+        ip = st.context.ip_address
     except AttributeError:
         return "unknown"
+    return ip if isinstance(ip, str) and ip else "localhost"
 
 
 def _b64(data: bytes) -> str:

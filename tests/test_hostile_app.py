@@ -104,3 +104,20 @@ def test_wrong_passwords_wait_longer_and_longer_per_client():
     assert throttle.attempt("10.0.0.1", lambda: True) is True  # a right password waits its turn too…
     assert t.slept[-1] == MAX_DELAY_S  # (2 ** 5 s, capped)
     assert throttle.attempt("10.0.0.1", lambda: False) is False and len(t.slept) == 5  # …and clears the count
+
+
+def test_the_sign_in_form_goes_through_the_throttle(hf_cache, monkeypatch):
+    import components.gate as gate
+    from tests.test_app_remote import gated as gated_app, sees_only_the_gate
+
+    t = FakeTime()
+    monkeypatch.setattr(gate, "THROTTLE", Throttle(sleep=t.sleep, clock=t.clock))
+    at = gated_app(FEATURESCOPE_APP_AUTH="password", FEATURESCOPE_APP_PASSWORD="plasma-2024").run()
+    for _ in range(FREE_TRIES + 2):
+        at.text_input(key="gate_password").input("tokamak")
+        at.button[0].click().run()
+        assert sees_only_the_gate(at) and any("Wrong password" in e.value for e in at.error)
+    assert t.slept == [1.0, 2.0]
+    at.text_input(key="gate_password").input("plasma-2024")
+    at.button[0].click().run()
+    assert not sees_only_the_gate(at) and t.slept == [1.0, 2.0, 4.0]
