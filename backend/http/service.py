@@ -241,7 +241,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
     clean = [
         {
             "loc": [str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
+            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
             "type": str(e.get("type", "")),
         }
         for e in errors[:20]
