@@ -16,13 +16,15 @@ FLOAT_MAGNITUDE_MAX = 1e12
 
 @functools.cache
 def _wire_kind(annotation: Any) -> tuple[str, bool] | None:
-    """('int' | 'float' | 'bool', is_list) for a numeric or boolean field, else None."""
+    """('int' | 'float' | 'bool', in_container) for a numeric or boolean field, or a list of them,
+    or a dict with them as values; else None."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         kinds = {k for a in typing.get_args(annotation) if a is not type(None) for k in [_wire_kind(a)] if k}
         return kinds.pop() if len(kinds) == 1 else None
-    if origin is list:
-        inner = _wire_kind(typing.get_args(annotation)[0]) if typing.get_args(annotation) else None
+    if origin in (list, dict):
+        args = typing.get_args(annotation)
+        inner = _wire_kind(args[-1]) if args else None  # a list's items, a dict's values
         return (inner[0], True) if inner and not inner[1] else None
     if annotation is bool:
         return ("bool", False)
@@ -61,8 +63,9 @@ def _state_bounds(schema: dict[str, Any]) -> None:
             schema["maximum"] = FLOAT_MAGNITUDE_MAX
     for sub in schema.get("anyOf", ()):
         _state_bounds(sub)
-    if isinstance(schema.get("items"), dict):
-        _state_bounds(schema["items"])
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            _state_bounds(schema[key])
 
 
 def _bounded_schema(schema: dict[str, Any]) -> None:
@@ -86,8 +89,14 @@ class WireTypes(BaseModel):
         if spec is None or value is None:
             return value
         kind, is_list = spec
-        if is_list and isinstance(value, (list, tuple)):
-            for item in value:
+        if is_list and isinstance(value, dict):
+            value_items = list(value.values())
+        elif is_list and isinstance(value, (list, tuple)):
+            value_items = list(value)
+        else:
+            value_items = None
+        if value_items is not None:
+            for item in value_items:
                 if item is not None:
                     _check_wire_value(kind, item, name)
         elif not is_list:
