@@ -5,10 +5,13 @@ upload bound and the wrong-password delay."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from components.gate import FREE_TRIES, MAX_DELAY_S, Throttle
@@ -25,24 +28,44 @@ def gated(hf_cache):
         yield url
 
 
-def anonymous_clear_cache(url: str) -> list[str]:
-    """Open /_stcore/stream as a client that never signed in, send clear_cache, then a rerun; return
-    the kinds of message the server sent until that rerun finished (so clear_cache was handled)."""
+@contextlib.contextmanager
+def anonymous_session(url: str) -> Iterator[tuple[object, str, list[str]]]:
+    """A client that never signed in: /_stcore/stream opened and one script run asked for, as a
+    browser would. Yields (websocket, session id, kinds of message received until that run ended)."""
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
     from websockets.sync.client import connect
 
-    kinds: list[str] = []
     ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
     with connect(ws_url, subprotocols=["streamlit"], open_timeout=30, max_size=None) as ws:
-        ws.send(BackMsg(clear_cache=True).SerializeToString())
         rerun = BackMsg()
         rerun.rerun_script.page_script_hash = ""
         ws.send(rerun.SerializeToString())
+        kinds, session_id = [], ""
         while "script_finished" not in kinds:
             msg = ForwardMsg()
             msg.ParseFromString(ws.recv(timeout=120))
             kinds.append(msg.WhichOneof("type") or "")
+            if kinds[-1] == "new_session":
+                session_id = msg.new_session.initialize.session_id
+        yield ws, session_id, kinds
+
+
+def send_and_wait(ws, message) -> list[str]:
+    """Send a BackMsg, then a rerun; the server handles a session's messages in order, so once that
+    rerun has finished, the message was handled. Returns the kinds of message received."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    ws.send(message.SerializeToString())
+    rerun = BackMsg()
+    rerun.rerun_script.page_script_hash = ""
+    ws.send(rerun.SerializeToString())
+    kinds: list[str] = []
+    while "script_finished" not in kinds:
+        msg = ForwardMsg()
+        msg.ParseFromString(ws.recv(timeout=120))
+        kinds.append(msg.WhichOneof("type") or "")
     return kinds
 
 
@@ -56,13 +79,36 @@ def test_an_anonymous_clear_cache_does_not_drop_the_signed_in_users_model(gated,
     page.get_by_role("button", name="Analyse").click()
     page.locator(".fs-tok").first.wait_for(timeout=180_000)  # the demo model is loaded now
 
-    kinds = anonymous_clear_cache(gated)
-    assert "new_session" in kinds and "script_finished" in kinds
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    with anonymous_session(gated) as (ws, _, kinds):
+        assert "new_session" in kinds
+        assert "script_finished" in send_and_wait(ws, BackMsg(clear_cache=True))
 
     page.get_by_role("link", name="System").click()
     page.get_by_text("Featurescope diagnostics").wait_for(timeout=120_000)
     diagnostics = page.locator("code").filter(has_text="Featurescope diagnostics").inner_text()
     assert "loaded: demo" in diagnostics, diagnostics
+
+
+def test_an_anonymous_session_cannot_upload_more_than_the_setting(gated):
+    """The gate cannot stop an upload (Streamlit takes it before any script runs): its size is what
+    stays bounded, by FEATURESCOPE_APP_MAX_UPLOAD_MB (32 MB by default; Streamlit's own is 200)."""
+    from backend.settings import Settings
+
+    limit = Settings.model_fields["app_max_upload_mb"].default * 1024 * 1024
+    with anonymous_session(gated) as (_, session_id, _kinds), httpx.Client(base_url=gated, timeout=120) as http:
+        http.get("/_stcore/health")  # the XSRF cookie, as a browser gets it
+        token = http.cookies.get("_streamlit_xsrf")
+        assert session_id and token
+
+        def upload(n: int) -> int:
+            files = {"file": ("big.json", b"0" * n, "application/json")}
+            return http.put(f"/_stcore/upload_file/{session_id}/f{n}", files=files,
+                            headers={"X-Xsrftoken": token}).status_code
+
+        assert upload(limit + (8 << 20)) == 413
+        assert upload(1 << 20) in (200, 204), "a file within the bound is still taken"
 
 
 def test_uploads_are_bounded_by_a_setting():
