@@ -411,3 +411,20 @@ def test_logits_that_overflow_inside_a_run_are_a_4xx_naming_what_to_lower(demo, 
                 generate(model, tokens, n_tokens=2, temperature=temperature, freq_penalty=0.0, seed=1, top_k=2,
                          **kwargs)
         assert not model.hook_dict["blocks.0.hook_resid_post"].fwd_hooks, "no hook outlives the call"
+
+
+def test_cost_metrics_of_an_overflowed_run_are_a_4xx_not_nan():
+    """batch_sums serves the playground and the experiments: steered logits holding inf (an edit
+    that overflowed) give InvalidRequest, never NaN metrics that would travel as null."""
+    from backend.local.steer_metrics import batch_sums
+
+    g = torch.Generator().manual_seed(0)
+    default = torch.randn(2, 5, 11, generator=g)
+    tokens = torch.randint(0, 11, (2, 5), generator=g)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    sums, _ = batch_sums(default, default + 1.0, tokens, valid)  # a common shift: finite, KL 0
+    assert abs(sums.kl) < 1e-5 and sums.ce_default == pytest.approx(sums.ce_steered, abs=1e-5)
+    steered = default.clone()
+    steered[1, 2, 3] = float("inf")
+    with pytest.raises(InvalidRequest, match="non-finite logits"):
+        batch_sums(default, steered, tokens, valid)

@@ -18,10 +18,7 @@ from backend.errors import InvalidRequest
 from backend.local import steer_metrics
 from backend.local.interventions import Hook
 
-NON_FINITE_ADVICE = (
-    "The run produced non-finite logits (inf or NaN): the model overflowed. Lower the steering "
-    "amounts (delta, set_value, alpha or alphas) or the frequency penalty, and try again."
-)
+NON_FINITE_ADVICE = steer_metrics.NON_FINITE_ADVICE
 
 
 def _finite(logits: torch.Tensor) -> torch.Tensor:
