@@ -218,3 +218,25 @@ def test_two_services_on_one_data_dir_keep_every_acknowledged_explanation(hf_cac
     assert missing == [], f"{len(missing)} acknowledged saves are missing"
     assert store.get("demo", "res", 2, 7) == ("legacy: kettles", "user"), "the old JSON file was imported"
 
+
+
+def test_a_non_finite_number_in_any_result_is_a_4xx_naming_where_never_a_null(backend):
+    """The net under every method: whatever produced it, an inf or NaN in a result would travel as
+    null and fail the method's own model, so the service answers 422 naming where it appeared."""
+    from starlette.testclient import TestClient
+
+    from backend.http.service import create_app
+    from backend.schemas import AnalyzeRequest
+    from backend.settings import Settings
+    from tests.service_fixtures import Spy
+
+    def analyze(req, progress=None):
+        result = backend.analyze(req)
+        result.layers[0].values[1][0] = float("nan")
+        return result
+
+    app = create_app(Spy(backend, analyze=analyze), settings=Settings(api_key=KEY))
+    body = AnalyzeRequest(model="demo", sae_set="res", text="The cat sat.", layers=[0], k=2).model_dump(mode="json")
+    response = checked(TestClient(app).post("/api/analyze", json=body, headers={"X-Api-Key": KEY}), "/api/analyze")
+    assert response.status_code == 422, response.text
+    assert "result.layers[0].values[1][0]" in response.json()["message"]

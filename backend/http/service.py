@@ -24,7 +24,9 @@ import contextlib
 import functools
 import gc
 import inspect
+import json
 import logging
+import math
 import sys
 import threading
 import weakref
@@ -101,6 +103,39 @@ def free_device_memory() -> None:
     mps = getattr(torch, "mps", None)
     if mps is not None and torch.backends.mps.is_available():
         mps.empty_cache()
+
+
+def non_finite_at(value: Any, path: str = "result") -> str | None:
+    """The path of the first inf or NaN float in a result (models, lists, dicts), else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found = non_finite_at(getattr(value, name), f"{path}.{name}")
+            if found:
+                return found
+    elif isinstance(value, (dict, list, tuple)) and _plain_json_is_finite(value):
+        return None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_at(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = non_finite_at(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _plain_json_is_finite(value: Any) -> bool:
+    """Fast path for big plain containers (a graph's JSON): the C encoder refuses inf and NaN."""
+    try:
+        json.dumps(value, allow_nan=False, default=lambda o: o.model_dump() if isinstance(o, BaseModel) else str(o))
+    except ValueError:
+        return False
+    return True
 
 
 class Service:
@@ -181,6 +216,14 @@ class Service:
                     f"The service failed in {method.name} ({type(exc).__name__}): a bug in the service, not "
                     "something to change in the request. Report it with the service log (method and time)."
                 ) from exc
+        where = non_finite_at(result)
+        if where is not None:  # would travel as null and fail the method's own result model
+            log.warning("%s produced a non-finite number at %s", method.name, where)
+            raise InvalidRequest(
+                f"{method.name} produced a non-finite number (inf or NaN) at {where}: the request pushed the "
+                "model past its numeric range. Use smaller amounts (steering values, alphas, thresholds) or "
+                "a shorter input."
+            )
         receipt = None
         if upload_to:
             receipt = self.uploader(upload_to, result, compress=bool(getattr(req, "compress", False)))
