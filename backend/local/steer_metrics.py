@@ -12,10 +12,9 @@ skips invalid positions, and `Sums` adds up across batches so means are token-we
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import math
 
 import torch
 import torch.nn.functional as F

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import types
 import typing
 from typing import Any
@@ -41,11 +42,11 @@ def _check_wire_value(kind: str, value: Any, field: str) -> None:
             raise ValueError(f"{field} must be true or false (a JSON boolean), not {value!r}")
         return
     if isinstance(value, (bool, str, bytes)):
-        raise ValueError(f"{field} must be a JSON number, not {value!r}")
+        raise ValueError(f"{field} must be a JSON number, not {value!r}")  # noqa: TRY004 (pydantic reports ValueError)
     if kind == "int" and isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
         raise ValueError(f"{field} must fit in a 64-bit integer (|{field}| < 2**63)")
     if kind == "float" and isinstance(value, (int, float)):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError(f"{field} must be a finite number, not {value!r}")
         if abs(value) > FLOAT_MAGNITUDE_MAX:
             raise ValueError(f"{field} is {value:g}; its magnitude must be at most {FLOAT_MAGNITUDE_MAX:g}")
