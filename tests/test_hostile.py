@@ -105,6 +105,10 @@ def test_a_small_content_length_does_not_let_a_big_chunked_body_through(service)
     head = head.replace(b"Content-Length: 10\r\n", b"")
     status, answer = raw_request(service.url, head, chunked(big))
     assert status == 413 and b"FEATURESCOPE_MAX_BODY_BYTES" in answer, answer[:400]
+    # A GET carries a body too, if it says so.
+    head = head.replace(b"POST /api/analyze", b"GET /api/info")
+    status, answer = raw_request(service.url, head, chunked(big))
+    assert status == 413 and b"FEATURESCOPE_MAX_BODY_BYTES" in answer, answer[:400]
 
 
 # -------------------------------------------------------------------- 2 and 3. numbers and answers

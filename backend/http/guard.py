@@ -106,7 +106,8 @@ class Guard:
             if n > self.max_body_bytes:
                 await _reject(send, 413, self._too_big(n))
                 return
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
+        has_body = length not in (None, b"0") or b"transfer-encoding" in headers
+        if has_body or scope.get("method") in ("POST", "PUT", "PATCH"):  # a GET may carry a body too
             replay = await self._read_bounded(receive)
             if isinstance(replay, int):
                 await _reject(send, 413, self._too_big(replay, at_least=True))
