@@ -86,7 +86,10 @@ class WireTypes(BaseModel):
     def _wire_types(cls, value: Any, info: ValidationInfo) -> Any:
         name = info.field_name or ""
         field = cls.model_fields.get(name)
-        spec = _wire_kind(field.annotation) if field is not None else None
+        try:
+            spec = _wire_kind(field.annotation) if field is not None else None
+        except TypeError:  # an unhashable annotation: not one of ours, leave it to pydantic
+            spec = None
         if spec is None or value is None:
             return value
         kind, is_list = spec
