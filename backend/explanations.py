@@ -5,13 +5,22 @@ Sources, later ones winning:
 2. Neuronpedia explanation exports dropped in `<data_dir>/explanations/` (`.json`, `.jsonl`,
    optionally `.gz`), whose records carry `modelId`, `layer` (e.g. "8-res-jb"), `index` and
    `description`; they are matched to catalog SAE sets through the sets' Neuronpedia ids;
-3. explanations a user typed, saved in `<data_dir>/explanations/user/<model>/<set>.json`.
+3. explanations a user typed, saved in the SQLite database `<data_dir>/explanations/user.sqlite3`.
+
+A team shares one data dir, so user explanations are multi-writer data: several services, the app
+and the CLI may save at once. SQLite in WAL mode makes each save one transaction, safe across
+processes (readers never block writers), and an acknowledged save is on disk. The JSON files of
+earlier versions (`explanations/user/<model>/<set>.json`) are imported once, the first time any
+process opens the database (under SQLite's write lock, so two processes cannot both import); the
+files are left where they were and no longer read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +59,7 @@ class ExplanationStore:
         self._pack = pack_explanations
         self._lock = threading.Lock()
         self._neuronpedia: dict[str, dict[int, str]] | None = None  # source id -> index -> text
+        self._user_db = UserExplanations(self._dir)
 
     def _neuronpedia_index(self) -> dict[str, dict[int, str]]:
         with self._lock:
@@ -66,15 +76,11 @@ class ExplanationStore:
         with self._lock:
             self._neuronpedia = None
 
-    def _user_path(self, model: str, sae_set: str) -> Path:
-        return self._dir / "user" / model / f"{sae_set}.json"
-
     def _user(self, model: str, sae_set: str) -> LayerExplanations:
-        path = self._user_path(model, sae_set)
-        if not path.exists():
-            return {}
-        raw = json.loads(path.read_text())
-        return {int(layer): {int(i): t for i, t in feats.items()} for layer, feats in raw.items()}
+        out: LayerExplanations = {}
+        for layer, index, text in self._user_db.rows(model, sae_set):
+            out.setdefault(layer, {})[index] = text
+        return out
 
     def for_set(self, model: str, sae_set: str, layers: list[int]) -> LayerExplanations:
         entry = self._catalog().model(model)
@@ -111,16 +117,102 @@ class ExplanationStore:
         return None, None
 
     def save(self, model: str, sae_set: str, layer: int, index: int, text: str) -> None:
-        """Store a user's explanation (an empty text removes it)."""
-        path = self._user_path(model, sae_set)
-        with self._lock:
-            raw = json.loads(path.read_text()) if path.exists() else {}
-            feats = raw.setdefault(str(layer), {})
-            if text.strip():
-                feats[str(index)] = text.strip()
+        """Store a user's explanation (an empty text removes it); on disk when this returns."""
+        self._user_db.save(model, sae_set, layer, index, text.strip())
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_explanation (
+    model TEXT NOT NULL,
+    sae_set TEXT NOT NULL,
+    layer INTEGER NOT NULL,
+    feature INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (model, sae_set, layer, feature)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+BUSY_TIMEOUT_S = 30.0
+
+
+class UserExplanations:
+    """The users' explanations in SQLite (WAL mode): one connection per call, so threads and
+    processes share nothing but the file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / "user.sqlite3"
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self._ensure()
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged save survives a power cut
+            yield conn
+        finally:
+            conn.close()
+
+    def _ensure(self) -> None:
+        with self._ready_lock:
+            if self._ready:
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(SCHEMA)
+                conn.execute("BEGIN IMMEDIATE")  # the write lock: one process imports, once
+                try:
+                    done = conn.execute("SELECT value FROM meta WHERE key = 'imported_json'").fetchone()
+                    if done is None:
+                        conn.executemany(
+                            "INSERT OR IGNORE INTO user_explanation VALUES (?, ?, ?, ?, ?)",
+                            list(self._legacy_rows()),
+                        )
+                        conn.execute("INSERT INTO meta VALUES ('imported_json', '1')")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.close()
+            self._ready = True
+
+    def _legacy_rows(self) -> Iterator[tuple[str, str, int, int, str]]:
+        """Rows of the JSON files earlier versions wrote (`user/<model>/<set>.json`)."""
+        root = self.folder / "user"
+        if not root.is_dir():
+            return
+        for path in sorted(root.glob("*/*.json")):
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                for layer, feats in raw.items():
+                    for index, text in feats.items():
+                        if str(text).strip():
+                            yield path.parent.name, path.stem, int(layer), int(index), str(text).strip()
+            except (OSError, ValueError, AttributeError):
+                continue  # an unreadable old file: nothing to import from it
+
+    def rows(self, model: str, sae_set: str) -> list[tuple[int, int, str]]:
+        with self._connect() as conn:
+            return conn.execute(
+                "SELECT layer, feature, text FROM user_explanation WHERE model = ? AND sae_set = ?",
+                (model, sae_set),
+            ).fetchall()
+
+    def save(self, model: str, sae_set: str, layer: int, index: int, text: str) -> None:
+        with self._connect() as conn:
+            if text:
+                conn.execute(
+                    "INSERT INTO user_explanation VALUES (?, ?, ?, ?, ?) ON CONFLICT (model, sae_set, layer, "
+                    "feature) DO UPDATE SET text = excluded.text",
+                    (model, sae_set, layer, index, text),
+                )
             else:
-                feats.pop(str(index), None)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(raw, indent=1, sort_keys=True))
-            tmp.replace(path)
+                conn.execute(
+                    "DELETE FROM user_explanation WHERE model = ? AND sae_set = ? AND layer = ? AND feature = ?",
+                    (model, sae_set, layer, index),
+                )

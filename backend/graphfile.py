@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from backend.atomic_files import atomic_write
 from backend.errors import InvalidRequest, NotFound
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -199,9 +200,7 @@ def save_to_library(doc: dict[str, Any], folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{safe_file_name(str(doc['metadata'].get('slug') or 'graph'))}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(graph_bytes(doc))
-    tmp.replace(path)
+    atomic_write(path, graph_bytes(doc))  # unique temporary name, inter-process lock
     return path
 
 

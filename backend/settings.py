@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     )
     app_oidc_provider: str | None = Field(None, description="The [auth.NAME] of secrets.toml; None: [auth].")
     app_allowed_emails: str = Field("", description="OIDC: comma-separated emails or @domains; empty: any.")
+    app_max_upload_mb: int = Field(
+        32, ge=1, le=1024,
+        description="Largest file the app accepts in an upload (a graph JSON, an experiment CSV), in MB; "
+        "sets Streamlit's server.maxUploadSize when the app starts (.streamlit/config.toml holds the same "
+        "default for the moment before).",
+    )
 
     def store_dir(self) -> Path:
         return self.data_dir / "stores"

@@ -9,6 +9,9 @@
   `.streamlit/secrets.toml`; FEATURESCOPE_APP_ALLOWED_EMAILS may restrict it to emails or @domains.
 
 A visitor without access sees the sign-in page and nothing else: app.py shows it as the only page.
+After FREE_TRIES wrong passwords from one client (its IP address), each further try waits longer
+(1 s, 2 s, 4 s, … up to MAX_DELAY_S) before it is checked; a right password clears the count.
+What the gate does not protect (Streamlit's own protocol) is in the README's deployment notes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import hmac
 import importlib.util
 import os
 import sys
+import threading
+import time
 
 import streamlit as st
 
@@ -29,6 +34,54 @@ from backend.settings import Settings
 
 ITERATIONS = 310_000  # OWASP's figure for PBKDF2-HMAC-SHA256
 _PASSED = "gate_passed"
+FREE_TRIES = 3  # wrong passwords per client before tries are slowed down
+MAX_DELAY_S = 30.0
+
+
+class Throttle:
+    """Wrong passwords per client, for the whole process: (failures, time of the last one). A try
+    first waits out the delay the client's failures earned; one client's tries run one at a time, so
+    parallel sessions do not share out the wait."""
+
+    def __init__(self, sleep=time.sleep, clock=time.monotonic) -> None:
+        self.sleep = sleep
+        self.clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @staticmethod
+    def delay_after(failures: int) -> float:
+        return 0.0 if failures < FREE_TRIES else min(MAX_DELAY_S, 2.0 ** (failures - FREE_TRIES))
+
+    def attempt(self, client: str, check) -> bool:
+        """Wait as long as `client`'s earlier failures ask, then `check()`; record the outcome."""
+        with self._guard:
+            lock = self._locks.setdefault(client, threading.Lock())
+        with lock:
+            failures, last = self._failures.get(client, (0, 0.0))
+            wait = last + self.delay_after(failures) - self.clock()
+            if failures and wait > 0:
+                self.sleep(wait)
+            ok = bool(check())
+            with self._guard:
+                if ok:
+                    self._failures.pop(client, None)
+                else:
+                    self._failures[client] = (failures + 1, self.clock())
+            return ok
+
+
+THROTTLE = Throttle()
+
+
+def _client() -> str:
+    """The visitor's IP address (None on localhost, where every visitor is this machine)."""
+    try:
+        ip = st.context.ip_address
+    except AttributeError:
+        return "unknown"
+    return ip if isinstance(ip, str) and ip else "localhost"
 
 
 def _b64(data: bytes) -> str:
@@ -123,7 +176,7 @@ def _password_form(settings: Settings) -> None:
         password = st.text_input("Team password", type="password", key="gate_password")
         submitted = st.form_submit_button("Enter")
     if submitted:
-        if verify_password(password or "", encoded):
+        if THROTTLE.attempt(_client(), lambda: verify_password(password or "", encoded)):
             st.session_state[_PASSED] = _fingerprint(encoded)
             del st.session_state["gate_password"]
             st.rerun()

@@ -1,12 +1,15 @@
 """UI plumbing shared by every page: settings, the cached backend, errors, progress, URL state.
 
 Pages call `backend()` and never construct one; the backend is created once per process per
-(kind, URL, key) with `st.cache_resource`, so every session shares the loaded models.
+(kind, URL, key) and kept in a process-level holder of our own, so every session shares the loaded
+models. Not in `st.cache_resource`: any websocket client, signed in or not, can clear that for
+everyone with one protocol message (`BackMsg(clear_cache=True)`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -37,6 +40,20 @@ def _navigation_only() -> None:
 
 
 _navigation_only()
+
+
+def _bound_uploads() -> None:
+    """Streamlit's upload size from our setting (FEATURESCOPE_APP_MAX_UPLOAD_MB); its upload route
+    reads the option on every request."""
+    try:
+        from streamlit import config
+
+        config.set_option("server.maxUploadSize", get_settings().app_max_upload_mb, where_defined="featurescope")
+    except (ImportError, AttributeError, RuntimeError):  # not under a Streamlit server
+        pass
+
+
+_bound_uploads()
 
 
 SHELL_KEY = "app_shell"
@@ -82,11 +99,24 @@ def settings() -> Settings:
     return Settings.model_validate(merged)
 
 
-@st.cache_resource(show_spinner="Starting the backend…")
+_BACKENDS: dict[tuple[str, str | None, str | None], Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
 def _cached_backend(kind: str, remote_url: str | None, api_key: str | None) -> Backend:
-    s = settings().model_copy(update={"backend": kind, "remote_url": remote_url,
-                                      "api_key": SecretStr(api_key) if api_key else None})
-    return get_backend(s)
+    """The process's backend for (kind, URL, key), built by the first session that asks (the others
+    wait for it) and kept for the life of the process."""
+    key = (kind, remote_url, api_key)
+    found = _BACKENDS.get(key)
+    if found is not None:
+        return found
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            s = settings().model_copy(update={"backend": kind, "remote_url": remote_url,
+                                              "api_key": SecretStr(api_key) if api_key else None})
+            with st.spinner("Starting the backend…"):
+                _BACKENDS[key] = get_backend(s)
+        return _BACKENDS[key]
 
 
 def backend() -> Backend:

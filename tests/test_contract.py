@@ -461,3 +461,24 @@ def test_the_schemas_carry_no_limit_of_their_own():
     check_request(req, Limits(max_k=500))
     with pytest.raises(LimitExceeded, match="top_k is 500; the limit is 499"):
         check_request(req, Limits(max_k=499))
+
+
+@pytest.mark.parametrize(("method", "case"), ALL_CASES, ids=[f"{m}-{c.id}" for m, c in ALL_CASES])
+def test_every_answer_validates_against_its_own_model(method: str, case: Case, remote_service):
+    """The raw HTTP answer, not the client's parse of it: a result is the method's result model
+    (no null where a float belongs), an error is the error body, and nothing is a 5xx but the
+    documented ones."""
+    import httpx
+
+    from backend.schemas.service import ErrorBody
+
+    m = protocol_methods()[method]
+    body = None if case.request is None else case.request.model_dump(mode="json")
+    response = httpx.request(m.http_method, remote_service.url + m.path, json=body, timeout=600,
+                             headers={"X-Api-Key": remote_service.key})
+    assert response.status_code < 500 or response.status_code in (501, 503, 507), response.text[:300]
+    if response.status_code == 200:
+        m.result.model_validate_json(response.content)
+        assert case.expect is None, f"expected {case.expect}, got a result"
+    else:
+        ErrorBody.model_validate_json(response.content)

@@ -92,3 +92,33 @@ def _backend():
     from backend.local import LocalBackend
 
     return LocalBackend()
+
+
+def test_rerunning_a_finished_build_is_a_no_op_that_says_so_and_force_rebuilds(corpus, tmp_path, capsys, monkeypatch):
+    from backend.corpus import build as build_module
+
+    shards_built: list[int] = []
+    real = build_module.build_shard
+
+    def counting(spec, *a, **kw):
+        shards_built.append(spec["shard"])
+        return real(spec, *a, **kw)
+
+    monkeypatch.setattr(build_module, "build_shard", counting)
+    out = tmp_path / "store.h5"
+    assert cli.main(args(corpus, out)) == 0
+    first, stamp = sha(out), out.stat().st_mtime_ns
+    assert len(shards_built) > 2
+    shards_built.clear()
+    capsys.readouterr()
+
+    assert cli.main(args(corpus, out)) == 0
+    assert "already built from these inputs: nothing to do (--force rebuilds it)" in capsys.readouterr().err
+    assert shards_built == [] and out.stat().st_mtime_ns == stamp and sha(out) == first
+
+    assert cli.main(args(corpus, out, "--k", "4")) == 0  # other inputs: built again
+    assert len(shards_built) > 2 and sha(out) != first
+    shards_built.clear()
+
+    assert cli.main(args(corpus, out, "--k", "4", "--force")) == 0
+    assert len(shards_built) > 2, "--force rebuilds every shard"

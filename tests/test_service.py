@@ -219,7 +219,8 @@ def test_token_limit_comes_from_the_backend_and_malformed_requests_name_the_fiel
     junk = client.post(
         "/api/analyze", content=b"{not json", headers={"X-Api-Key": KEY, "Content-Type": "application/json"}
     )
-    assert junk.status_code == 422 and junk.json()["error"] == "invalid_request"
+    assert junk.status_code == 400 and junk.json()["error"] == "invalid_request"  # as the OpenAPI documents
+    assert "JSON decode error at character 1" in junk.json()["message"]
 
 
 # ---------------------------------------------------------------------------------------- the GPU lock

@@ -393,3 +393,43 @@ def test_limits_and_bad_positions_say_what_to_do(backend):
         SteerRequest(model="demo", prompt="hi", features=[{"layer": 0, "index": 1, "ablate": True}])
     with pytest.raises(ValueError, match="exactly one"):
         SteerRequest(model="demo", prompt="hi", features=[{"layer": 0, "index": 1, "steer_position": 1}])
+
+
+@pytest.mark.parametrize("where", ["prompt", "step"])
+def test_logits_that_overflow_inside_a_run_are_a_4xx_naming_what_to_lower(demo, where):
+    """An edit can pass every input bound and still overflow (float16 models overflow past 65504):
+    generation refuses non-finite logits with InvalidRequest instead of sampling NaN or answering
+    null probabilities. Here a hook makes the residual infinite, in the prompt pass or in a step."""
+    from backend.local.generation import generate
+
+    loaded, _, _ = demo
+
+    def overflow(act, hook):
+        return act * float("inf")
+
+    hooks = [("blocks.0.hook_resid_post", overflow)]
+    with loaded.use(30) as model:
+        tokens = model.to_tokens("The cat sat on the")
+        kwargs = {"prompt_hooks": hooks} if where == "prompt" else {"step_hooks": hooks}
+        for temperature in (0.0, 1.0):
+            with pytest.raises(InvalidRequest, match="non-finite logits.*Lower the steering amounts"):
+                generate(model, tokens, n_tokens=2, temperature=temperature, freq_penalty=0.0, seed=1, top_k=2,
+                         **kwargs)
+        assert not model.hook_dict["blocks.0.hook_resid_post"].fwd_hooks, "no hook outlives the call"
+
+
+def test_cost_metrics_of_an_overflowed_run_are_a_4xx_not_nan():
+    """batch_sums serves the playground and the experiments: steered logits holding inf (an edit
+    that overflowed) give InvalidRequest, never NaN metrics that would travel as null."""
+    from backend.local.steer_metrics import batch_sums
+
+    g = torch.Generator().manual_seed(0)
+    default = torch.randn(2, 5, 11, generator=g)
+    tokens = torch.randint(0, 11, (2, 5), generator=g)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    sums, _ = batch_sums(default, default + 1.0, tokens, valid)  # a common shift: finite, KL 0
+    assert abs(sums.kl) < 1e-5 and sums.ce_default == pytest.approx(sums.ce_steered, abs=1e-5)
+    steered = default.clone()
+    steered[1, 2, 3] = float("inf")
+    with pytest.raises(InvalidRequest, match="non-finite logits"):
+        batch_sums(default, steered, tokens, valid)

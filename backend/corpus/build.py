@@ -13,6 +13,11 @@
 
 Since every step is deterministic and the merge only reads complete shards, a build killed at
 any point and run again gives the same bytes as one that never stopped.
+
+5. A finished build records its inputs beside the store (`<store>.inputs.json`: everything in the
+   plan's recipe that is known before counting, plus the store's size and modification time). A
+   rerun with the same inputs finds the store as it left it and does nothing (it says so);
+   `force=True` (`--force`) rebuilds, e.g. after the model's or the dictionary's weights changed.
 """
 
 from __future__ import annotations
@@ -59,7 +64,32 @@ class BuildOptions:
     max_docs: int | None = None
     max_tokens: int | None = None
     keep_shards: bool = False
+    force: bool = False  # rebuild even when the store was built from the same inputs
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def inputs_path(out: Path) -> Path:
+    return out.with_name(out.name + ".inputs.json")
+
+
+def _store_stamp(out: Path) -> list[int]:
+    st = out.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def already_built(out: Path, inputs: dict[str, Any]) -> bool:
+    """Whether `out` is the finished store of a build with these inputs, untouched since."""
+    try:
+        recorded = json.loads(inputs_path(out).read_text())
+        return recorded.get("inputs") == json.loads(json.dumps(inputs)) and recorded.get("store") == _store_stamp(out)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def record_inputs(out: Path, inputs: dict[str, Any]) -> None:
+    tmp = inputs_path(out).with_suffix(".partial")
+    tmp.write_text(json.dumps({"inputs": inputs, "store": _store_stamp(out)}, indent=1))
+    os.replace(tmp, inputs_path(out))
 
 
 def parts_dir(out: Path) -> Path:
@@ -236,6 +266,14 @@ def build_store(opts: BuildOptions, *, backend: Any, progress: Progress | None =
     prepend_bos = dset.prepend_bos if dset.prepend_bos is not None else not dset.window
     k = opts.k or dset.k or DEFAULT_K
     with build_lock(out):
+        inputs = {"common": {"model": entry.id, "sae_set": dset.id, "layers": layers, "k": k, "seq_len": seq_len,
+                             "prepend_bos": prepend_bos, "batch_tokens": opts.batch_tokens},
+                  "source": fingerprint(opts.source), "max_docs": opts.max_docs, "max_tokens": opts.max_tokens,
+                  "shard_tokens": opts.shard_tokens, "shards": opts.shards, "extra": opts.extra}
+        if not opts.force and out.exists() and already_built(out, inputs):
+            progress(1.0, f"{out.name} is already built from these inputs: nothing to do (--force rebuilds it).")
+            return out
+        inputs_path(out).unlink(missing_ok=True)
         tok = _tokenizer(backend, entry, opts.executor)
         counts, docs_total = count_tokens(opts.source, tok, opts.max_docs, opts.max_tokens, progress)
         plan = plan_shards(counts, opts.shard_tokens, opts.shards)
@@ -280,6 +318,7 @@ def build_store(opts: BuildOptions, *, backend: Any, progress: Progress | None =
         merge_stores(paths, out, attrs=attrs, progress=progress)
         if not opts.keep_shards:
             shutil.rmtree(work, ignore_errors=True)
+        record_inputs(out, inputs)
     progress(1.0, f"Built {out.name}: {int(counts.sum()):,} tokens, {len(counts):,} documents.")
     return out
 

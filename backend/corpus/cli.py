@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=["local", "modal"], default="local",
                    help="run shards here, or in parallel on Modal GPU containers (Function.map)")
     b.add_argument("--keep-shards", action="store_true", help="keep <store>.parts/ after merging")
+    b.add_argument("--force", action="store_true",
+                   help="rebuild even when the store was already built from the same inputs (a rerun is a no-op)")
 
     s = sub.add_parser("import-seed", help="convert the Modal design's HDF5 + metadata .npz into a store")
     s.add_argument("--h5", type=Path, required=True, help="*_sae_features_*.h5 with z_idx, z_val, rev_idx")
@@ -107,7 +109,8 @@ def _build(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
         source=SourceSpec(source=source, text_column=args.text_column, split=args.split, config=args.config,
                           per_file=args.per_file),
         batch_tokens=args.batch_tokens, shard_tokens=args.shard_tokens, shards=args.shards,
-        executor=args.executor, max_docs=args.max_docs, max_tokens=args.max_tokens, keep_shards=args.keep_shards)
+        executor=args.executor, max_docs=args.max_docs, max_tokens=args.max_tokens, keep_shards=args.keep_shards,
+        force=args.force)
     return summary(build_store(opts, backend=backend, progress=progress))
 
 

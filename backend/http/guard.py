@@ -4,8 +4,11 @@ decided from the headers before the application reads one byte of the body.
 - Every path but the public ones (`/health` and the OpenAPI docs) needs the key in `X-Api-Key`
   (or `x-secret-key`, the graph server's name): missing -> 401, wrong -> 403. The comparison is of
   SHA-256 digests with `hmac.compare_digest`, so its time depends on neither the key nor its length.
-- A body over `max_body_bytes` is refused with 413 from its Content-Length; a body without one
-  (chunked) is read up to the limit and no further, then handed on.
+- A body over `max_body_bytes` is refused with 413 from its Content-Length before it is read.
+  Whatever the headers say, the limit also holds on the bytes actually received: every body is read
+  up to the limit and no further, then handed on. A request with both Content-Length and
+  Transfer-Encoding is refused with 400 (RFC 9112 §6.3 allows it; the two framings disagree about
+  where the body ends, which is how a small Content-Length once let a 100 MB chunked body through).
 """
 
 from __future__ import annotations
@@ -84,6 +87,16 @@ class Guard:
                 return
 
         length = headers.get(b"content-length")
+        if length is not None and b"transfer-encoding" in headers:
+            await _reject(
+                send,
+                400,
+                InvalidRequest(
+                    "The request has both Content-Length and Transfer-Encoding headers; send one of them "
+                    "(a client library does this for you)."
+                ),
+            )
+            return
         if length is not None:
             try:
                 n = int(length)
@@ -93,9 +106,8 @@ class Guard:
             if n > self.max_body_bytes:
                 await _reject(send, 413, self._too_big(n))
                 return
-            await self.app(scope, receive, send)
-            return
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
+        has_body = length not in (None, b"0") or b"transfer-encoding" in headers
+        if has_body or scope.get("method") in ("POST", "PUT", "PATCH"):  # a GET may carry a body too
             replay = await self._read_bounded(receive)
             if isinstance(replay, int):
                 await _reject(send, 413, self._too_big(replay, at_least=True))

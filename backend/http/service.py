@@ -24,7 +24,9 @@ import contextlib
 import functools
 import gc
 import inspect
+import json
 import logging
+import math
 import sys
 import threading
 import weakref
@@ -103,6 +105,39 @@ def free_device_memory() -> None:
         mps.empty_cache()
 
 
+def non_finite_at(value: Any, path: str = "result") -> str | None:
+    """The path of the first inf or NaN float in a result (models, lists, dicts), else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found = non_finite_at(getattr(value, name), f"{path}.{name}")
+            if found:
+                return found
+    elif isinstance(value, (dict, list, tuple)) and _plain_json_is_finite(value):
+        return None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_at(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = non_finite_at(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _plain_json_is_finite(value: Any) -> bool:
+    """Fast path for big plain containers (a graph's JSON): the C encoder refuses inf and NaN."""
+    try:
+        json.dumps(value, allow_nan=False, default=lambda o: o.model_dump() if isinstance(o, BaseModel) else str(o))
+    except ValueError:
+        return False
+    return True
+
+
 class Service:
     """A Backend, its GPU lock and the upload of graphs; the routes call `run`."""
 
@@ -178,9 +213,17 @@ class Service:
                     ) from None
                 log.exception("%s failed", method.name)
                 raise BackendError(
-                    f"The service failed in {method.name} ({type(exc).__name__}). Retry; if it "
-                    "persists, report it with the service log."
+                    f"The service failed in {method.name} ({type(exc).__name__}): a bug in the service, not "
+                    "something to change in the request. Report it with the service log (method and time)."
                 ) from exc
+        where = non_finite_at(result)
+        if where is not None:  # would travel as null and fail the method's own result model
+            log.warning("%s produced a non-finite number at %s", method.name, where)
+            raise InvalidRequest(
+                f"{method.name} produced a non-finite number (inf or NaN) at {where}: the request pushed the "
+                "model past its numeric range. Use smaller amounts (steering values, alphas, thresholds) or "
+                "a shorter input."
+            )
         receipt = None
         if upload_to:
             receipt = self.uploader(upload_to, result, compress=bool(getattr(req, "compress", False)))
@@ -241,7 +284,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
     clean = [
         {
             "loc": [str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
+            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
             "type": str(e.get("type", "")),
         }
         for e in errors[:20]
@@ -252,6 +295,32 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
     ]
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return f"The request is malformed — {'; '.join(parts)}{more}. See /docs for the fields.", clean
+
+
+def _framing_error(errors: list[dict[str, Any]], content_type: str | None) -> InvalidRequest | None:
+    """A body that is not JSON at all: undecodable (the position named) or sent with another content
+    type. Both are 400s, as the OpenAPI documents, not field errors."""
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        if e.get("type") == "json_invalid":
+            pos = loc[1] if len(loc) > 1 else "?"
+            why = (e.get("ctx") or {}).get("error", "")
+            return InvalidRequest(
+                f"JSON decode error at character {pos}{f' ({why})' if why else ''}: the body is not valid "
+                "JSON. Send one JSON object."
+            )
+    media = (content_type or "").split(";")[0].strip().lower()
+    is_json = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    body_not_read = any(
+        list(e.get("loc", ())) == ["body"] and e.get("type") != "missing" for e in errors
+    )
+    if not is_json and body_not_read:
+        sent = f"Content-Type {media!r}" if media else "no Content-Type"
+        return InvalidRequest(
+            f"The body was sent with {sent}, so it was not read as JSON. Send it as JSON with the header "
+            "'Content-Type: application/json'."
+        )
+    return None
 
 
 def _protocol_endpoint(service: Service, method: Method) -> Callable[..., Any]:
@@ -363,8 +432,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, errors = _validation_message(list(exc.errors()))
-        return error_response(InvalidRequest(message, errors=errors))
+        errors = list(exc.errors())
+        framing = _framing_error(errors, request.headers.get("content-type"))
+        if framing is not None:
+            return error_response(framing, 400)
+        message, clean = _validation_message(errors)
+        return error_response(InvalidRequest(message, errors=clean))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

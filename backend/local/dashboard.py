@@ -208,7 +208,7 @@ def feature(backend: Any, req: FeatureRequest, progress: Progress | None = None)
             return analysis.token_texts(model.tokenizer, ids)
 
         result.update(
-            store=str(store.path), store_tokens=store.n_tokens, store_docs=store.n_docs,
+            store=store.path.name, store_tokens=store.n_tokens, store_docs=store.n_docs,
             n_active=count, density=count / store.n_tokens if store.n_tokens else 0.0,
             max_activation=float(view.peak[f]), mean_activation=view.total(f) / count if count else None,
             histogram=query.histogram(view, f), sampling=query.stats_sampling(store),

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 
 import torch
 
+from backend.errors import InvalidRequest
 from backend.local import steer_metrics
 from backend.local.interventions import Hook
+
+NON_FINITE_ADVICE = steer_metrics.NON_FINITE_ADVICE
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """`logits`, or InvalidRequest when an edit made them overflow (sampling would fail, and greedy
+    decoding would answer NaN probabilities)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise InvalidRequest(NON_FINITE_ADVICE)
+    return logits
 
 
 @dataclass
@@ -35,6 +46,9 @@ def _sample(
     scaled = logits.float() / temperature
     if freq_penalty:
         scaled = scaled - freq_penalty * counts
+    if not bool(torch.isfinite(scaled).all()):  # finite logits / a small temperature can still overflow
+        advice = NON_FINITE_ADVICE.replace("frequency penalty", "frequency penalty, or raise the temperature")
+        raise InvalidRequest(advice)
     return torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=gen).view(1, 1)
 
 
@@ -62,12 +76,13 @@ def generate(
     ids = prompt[0].tolist()
     with torch.inference_mode():
         with model.hooks(fwd_hooks=list(prompt_hooks)):
-            logits = model(prompt, past_kv_cache=cache)[0]
+            logits = _finite(model(prompt, past_kv_cache=cache)[0])
         prompt_logits = logits
         top_ids, top_probs = steer_metrics.top_k_table(logits, top_k)
         counts = torch.bincount(prompt[0], minlength=logits.shape[-1]).float() if freq_penalty else None
         last = logits[-1]
         steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # each step's top-k, kept on the device
+        finite = torch.ones((), dtype=torch.bool, device=device)
         ended = False
         with model.hooks(fwd_hooks=list(step_hooks)):
             for _ in range(n_tokens):
@@ -80,9 +95,12 @@ def generate(
                     ended = True
                     break
                 step = model(token_t, past_kv_cache=cache)[0]
+                finite &= torch.isfinite(step).all()  # stays on the device: checked once, after the loop
                 if top_k > 0:
                     steps.append(steer_metrics.top_k_tensors(step, top_k))
                 last = step[-1]
+        if not bool(finite):
+            raise InvalidRequest(NON_FINITE_ADVICE)
         n_steps = len(ids) - prompt.shape[1] - (1 if ended else 0)
         if top_k > 0 and steps:
             top_ids += torch.cat([i for i, _ in steps]).tolist()

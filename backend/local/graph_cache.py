@@ -15,6 +15,7 @@ Disk use is bounded (`Settings.graph_cache_gb`): the least recently used entries
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -25,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backend.atomic_files import atomic_write, folder_lock
+
 log = logging.getLogger(__name__)
 
 
@@ -34,10 +37,28 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write(path, data)  # unique temporary name, renamed under the folder's inter-process lock
+
+
+def _result_problem(data: Any) -> str | None:
+    """Why a decoded result entry is not a graph answer (None: it is one). Checked on every read, so
+    a well-formed entry of the wrong shape is dropped and recomputed, never served."""
+    from pydantic import ValidationError
+
+    from backend.schemas.graph import GraphResult
+
+    try:
+        result = GraphResult.model_validate(data)
+    except ValidationError as exc:
+        return f"not a GraphResult ({exc.error_count()} errors)"
+    graph = result.graph
+    if not isinstance(graph, dict):
+        return "it holds no graph"
+    if not isinstance(graph.get("nodes"), list) or not isinstance(graph.get("links"), list):
+        return "its graph has no nodes and links lists"
+    if not isinstance(graph.get("metadata"), dict):
+        return "its graph has no metadata"
+    return None
 
 
 def graph_to_tensors(graph: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -121,7 +142,13 @@ class GraphCache:
         except (OSError, ValueError, EOFError):
             path.unlink(missing_ok=True)  # a damaged entry is rebuilt
             return None
-        os.utime(path)
+        problem = _result_problem(data)
+        if problem is not None:  # well-formed but of the wrong shape: rebuilt too
+            log.warning("Dropping cached graph result %s: %s", path.name, problem)
+            path.unlink(missing_ok=True)
+            return None
+        with contextlib.suppress(OSError):  # another process may have evicted it meanwhile
+            os.utime(path)
         return data
 
     def put_result(self, key: str, payload: dict[str, Any]) -> None:
@@ -145,7 +172,8 @@ class GraphCache:
             log.warning("Dropping unreadable cached graph %s: %s", path, exc)
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)
+        with contextlib.suppress(OSError):
+            os.utime(path)
         return graph
 
     def put_raw(self, key: str, graph: Any, *, background: bool = True) -> None:
@@ -185,7 +213,7 @@ class GraphCache:
 
     # ------------------------------------------------------------------ size
     def _evict(self) -> None:
-        with self._lock:
+        with self._lock, folder_lock(self.root):
             files = [p for sub in ("results", "raw") for p in (self.root / sub).glob("*") if p.is_file()
                      and not p.name.startswith(".")]
             stats = []

@@ -12,11 +12,19 @@ skips invalid positions, and `Sums` adds up across batches so means are token-we
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from backend.errors import InvalidRequest
+
+NON_FINITE_ADVICE = (
+    "The run produced non-finite logits (inf or NaN): the model overflowed. Lower the steering "
+    "amounts (delta, set_value, alpha or alphas) or the frequency penalty, and try again."
+)
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -93,6 +101,10 @@ def batch_sums(
     ce_s = (token_ce(logp_s, tokens) * pred).sum()
     kl = token_kl(logp_d, logp_s) * valid
     delta = ((centred(steered_logits) - centred(default_logits)) * valid.unsqueeze(-1)).sum((0, 1))
+    totals = (float(ce_d), float(ce_s), float(kl.sum()))
+    if not all(map(math.isfinite, totals)) or not bool(torch.isfinite(delta).all()):
+        # An edit overflowed the model (float16 does past 65504): say what to lower, never answer NaN.
+        raise InvalidRequest(NON_FINITE_ADVICE)
     sums = Sums(
         ce_default=float(ce_d),
         ce_steered=float(ce_s),

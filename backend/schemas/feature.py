@@ -79,7 +79,10 @@ class FeatureResult(Result):
     examples: list[Example] = Field(default_factory=list)
     quantiles: list[QuantileBand] = Field(default_factory=list)
     neuronpedia_url: str | None = None
-    store: str | None = Field(None, description="Corpus store the examples came from.")
+    store: str | None = Field(
+        None, description="Name of the corpus store the examples came from (its file in the service's "
+        "store folder; never a server path)."
+    )
     store_tokens: int | None = None
     store_docs: int | None = None
     sampling: Sampling | None = Field(None, description="How density, max, mean and histogram were obtained.")
