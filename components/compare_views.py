@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import urlencode
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -264,6 +265,11 @@ def render_glance(result: CompareResult) -> None:
                 st.caption(m.features_note)
 
 
+def dashboard_url(model: str, sae_set: str, layer: int, index: int) -> str:
+    """The feature browser's URL for one feature (relative: the app may live under a base path)."""
+    return "features?" + urlencode({"model": model, "sae_set": sae_set, "feature": f"{layer}:{index}"}, safe=":")
+
+
 def render_features(result: CompareResult, *, specific_only: bool, key: str) -> None:
     cols = st.columns(len(result.models))
     for j, (col, m) in enumerate(zip(cols, result.models)):
@@ -282,8 +288,11 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str) -> 
                 st.caption("No feature fires on the domain-term tokens." if not specific_only else
                            "No feature is specific to the terms at this threshold.")
                 continue
+            shown = frame.drop(columns=["model", "sae_set", "layer"])
+            # Each feature id opens its dashboard (the link names the model and the dictionary).
+            shown.insert(0, "dashboard", [dashboard_url(m.model, f.sae_set, f.layer, int(i)) for i in frame["feature"]])
             st.dataframe(
-                frame.drop(columns=["model", "sae_set", "layer"]), hide_index=True, width="stretch",
+                shown, hide_index=True, width="stretch",
                 key=f"{key}_{j}",
                 column_config={
                     "mean on terms": st.column_config.ProgressColumn(
@@ -292,6 +301,8 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str) -> 
                     "fires on terms": st.column_config.NumberColumn(format="percent"),
                     "fires elsewhere": st.column_config.NumberColumn(format="percent"),
                     "specific": st.column_config.CheckboxColumn("specific"),
+                    "dashboard": st.column_config.LinkColumn(
+                        "feature", display_text=r"feature=(\d+:\d+)", help="Open the feature's dashboard"),
                     "neuronpedia": st.column_config.LinkColumn("Neuronpedia", display_text="open ↗"),
                     "explanation": st.column_config.TextColumn("explanation", width="medium"),
                 },

@@ -297,10 +297,12 @@ def query_param_at_start(name: str) -> str | None:
 def set_query_params(**values: Any) -> None:
     """Put shareable state in the URL; None removes a parameter."""
     for name, value in values.items():
-        if value is None:
+        if value is None and name in st.query_params:
             st.query_params.pop(name, None)
-        elif st.query_params.get(name) != str(value):
-            st.query_params[name] = str(value)
+    changed = {name: str(value) for name, value in values.items()
+               if value is not None and st.query_params.get(name) != str(value)}
+    if changed:  # one message, so one browser history entry, for all of them
+        st.query_params.update(changed)
 
 
 # Pages registered by app.py, by short name, so pages can link to each other when both exist.
