@@ -132,6 +132,20 @@ def clip_message(message: str, limit: int = 600) -> str:
     return clip(_QUOTED.sub(short, text), limit)
 
 
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~$:=^])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` for a place that renders markdown (st.error, st.warning, st.caption): every markdown
+    character escaped, so a link, emphasis, colour directive or formula in data stays text."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def warn(message: str) -> None:
+    """What the user should fix in their input, shown as a warning (escaped once, for markdown)."""
+    st.warning(markdown_text(clip_message(message)), icon=":material/edit:")
+
+
 def input_message(exc: ValidationError) -> str:
     """A pydantic ValidationError as one sentence per field, without echoing the input."""
     parts = []
@@ -146,11 +160,11 @@ def show_error(exc: BaseException) -> None:
     """An error, shown politely and visibly: what happened and what to do. A BackendError shows its
     own message; invalid input says which field; anything else says where to look (the log)."""
     if isinstance(exc, NotImplementedYet):
-        st.info(clip_message(exc.message), icon=":material/construction:")
+        st.info(markdown_text(clip_message(exc.message)), icon=":material/construction:")
     elif isinstance(exc, BackendError):
-        st.error(clip_message(exc.message), icon=":material/error:")
+        st.error(markdown_text(clip_message(exc.message)), icon=":material/error:")
     elif isinstance(exc, ValidationError):
-        st.warning(input_message(exc), icon=":material/edit:")
+        warn(input_message(exc))
     else:
         log.error("unexpected error in a backend call", exc_info=exc)
         st.error(f"Something went wrong ({type(exc).__name__}); the server log has the details. "
@@ -227,7 +241,7 @@ def build(request_model: type[T], /, **fields: Any) -> T | None:
     try:
         return request_model(**fields)
     except ValidationError as exc:
-        st.warning(input_message(exc), icon=":material/edit:")
+        warn(input_message(exc))
         return None
 
 

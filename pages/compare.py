@@ -152,7 +152,7 @@ def main() -> None:
         return
     sentences, terms = split_sentences(sentences_text), split_terms(terms_text)
     if problem := check_input(chosen, sentences, terms, sentences_text, lim):
-        st.warning(problem, icon=":material/edit:")
+        state.warn(problem)
         return
     req = state.build(CompareRequest, models=chosen, sentences=sentences, domain_terms=terms,
                       relative_depth=float(depth), sae_layers=sae_layers, k=int(k), top_guesses=int(guesses),

@@ -71,7 +71,8 @@ def pick_feature(model: ModelInfo, set_id: str, layers: list[int], width: int | 
         try:
             f = LayerFeature.parse(raw)
         except ValueError:
-            st.error(state.clip_message(f"The link's feature '{raw}' is not layer:index, e.g. 1:42."))
+            st.error(state.markdown_text(state.clip_message(f"The link's feature '{raw}' is not layer:index, "
+                                                            "e.g. 1:42.")))
         else:
             if f.layer not in layers:
                 st.error(f"Layer {f.layer} is not in this dictionary; its layers are {layers}.")
@@ -130,7 +131,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
                 problem = ("Type some text to search with." if state.blank(text)
                            else state.too_long("The text", text, lim.max_text_chars))
                 if problem:
-                    st.warning(problem, icon=":material/edit:")
+                    state.warn(problem)
                 else:
                     search("text", dict(model=model.id, sae_set=set_id, mode="text", text=text,
                                         k=min(20, lim.max_k)), with_progress=True)
@@ -147,7 +148,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
                 problem = ("Type a word or two to look for." if state.blank(words)
                            else state.too_long("The query", words, lim.max_text_chars))
                 if problem:
-                    st.warning(problem, icon=":material/edit:")
+                    state.warn(problem)
                 else:
                     search("expl", dict(model=model.id, sae_set=set_id, mode="explanation", query=words,
                                         k=min(50, lim.max_k)), with_progress=False)
@@ -197,7 +198,7 @@ def main() -> None:
     to_save = render_dashboard(result, name, key=f"fb_dash::{set_id}::{feature[0]}:{feature[1]}")
     if to_save is not None and (problem := state.too_long("The explanation", to_save,
                                                           state.limits().max_explanation_chars)):
-        st.warning(problem, icon=":material/edit:")
+        state.warn(problem)
     elif to_save is not None:
         saved = state.call(state.backend().save_explanation, ExplanationEdit(feature=req.feature, text=to_save))
         if saved is not None and dashboard(req, refresh=True) is not None:

@@ -103,7 +103,7 @@ def main() -> None:
         return
     track, problem = check_input(text, track_text, lim)
     if problem:
-        st.warning(problem, icon=":material/edit:")
+        state.warn(problem)
         return
     chosen = selected_feature(s)
     if chosen and LayerFeature(layer=chosen[0], index=chosen[1]) not in track:

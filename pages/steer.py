@@ -95,11 +95,11 @@ def steer_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
         try:
             features = features_from_rows(rows, set_id)
         except ValueError as exc:
-            st.warning(state.clip_message(str(exc)), icon=":material/edit:")
+            state.warn(str(exc))
             return
         if problem := check_prompt(prompt) or (None if features else
                                                "Add an intervention: a feature (layer:index) and what to do."):
-            st.warning(problem, icon=":material/edit:")
+            state.warn(problem)
             return
         if len(features) > state.limits().max_steer_features:
             st.warning(f"{len(features)} interventions; the limit is {state.limits().max_steer_features}. "
@@ -156,7 +156,7 @@ def sweep_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
     if st.button("Sweep", key="st_sweep_run"):
         if problem := check_prompt(prompt) or (None if feature.strip() else "Give the feature to sweep, "
                                                                            "as layer:index."):
-            st.warning(problem, icon=":material/edit:")
+            state.warn(problem)
             return
         try:
             from backend.schemas import LayerFeature
@@ -183,10 +183,10 @@ def sweep_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
                 }
             )
         except ValidationError as exc:
-            st.warning(state.input_message(exc), icon=":material/edit:")
+            state.warn(state.input_message(exc))
             return
         except ValueError as exc:
-            st.warning(state.clip_message(str(exc)), icon=":material/edit:")
+            state.warn(str(exc))
             return
         st.session_state["st_sweep"] = state.run("Sweeping alpha…", state.backend().sweep, req)
     result = st.session_state.get("st_sweep")
@@ -280,11 +280,10 @@ def experiment_tab(model, set_id: str, rows) -> None:
                 data.update(feature_source="list", features=listed)
             req = ExperimentRequest.model_validate(data)
         except ValidationError as exc:
-            st.warning(state.input_message(exc), icon=":material/edit:")
+            state.warn(state.input_message(exc))
             return
         except (ValueError, AttributeError) as exc:
-            st.warning(state.clip_message(str(exc)) if not isinstance(exc, AttributeError)
-                       else "Upload a CSV first.", icon=":material/edit:")
+            state.warn(str(exc) if not isinstance(exc, AttributeError) else "Upload a CSV first.")
             return
         st.session_state["st_experiment"] = state.run("Running the experiment…", state.backend().experiment, req)
     result = st.session_state.get("st_experiment")

@@ -4,6 +4,8 @@ message saying what to do, or the result)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -40,7 +42,10 @@ def check(at: AppTest, name: str, answered: bool) -> None:
     shown = "\n".join(everything_shown(at))
     assert "Traceback" not in shown and "validation error" not in shown.lower(), (name, shown[:500])
     assert "x" * 81 not in shown, f"{name}: the input is echoed at length"
-    assert "<script" not in shown and "onerror=" not in "".join(e.proto.body for e in at.get("html")), name
+    for body in messages(at):  # markdown: whatever came from the input is escaped, so stays text
+        assert not re.search(r"(?<!\\)[<\[*]", body), (name, body)
+        assert not re.search(r"(?<!\\)\]\(", body), (name, body)
+    assert "onerror=" not in "".join(e.proto.body for e in at.get("html")), name
     if name in MUST_REFUSE:
         assert messages(at), f"{name}: a message says what to do"
     else:
