@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend.schemas import CompareResult, ModelReading
+from components import dense
 from components.text import plot_label, plot_text, visible
 
 # The page's defaults: the seed service's /compare example, with sentences that use its terms and
@@ -270,7 +271,9 @@ def dashboard_url(model: str, sae_set: str, layer: int, index: int) -> str:
     return "features?" + urlencode({"model": model, "sae_set": sae_set, "feature": f"{layer}:{index}"}, safe=":")
 
 
-def render_features(result: CompareResult, *, specific_only: bool, key: str) -> None:
+def render_features(result: CompareResult, *, specific_only: bool, key: str,
+                    dense_threshold: float | None = None) -> None:
+    """Per model, the features on the terms; those dense above `dense_threshold` left out (counted)."""
     cols = st.columns(len(result.models))
     for j, (col, m) in enumerate(zip(cols, result.models)):
         with col:
@@ -284,6 +287,9 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str) -> 
                        f"terms and on at most {f.specific_max_other_rate:.0%} of the other tokens.")
             one = CompareResult(models=[m], sentences=result.sentences, domain_terms=result.domain_terms)
             frame = features_frame(one, specific_only=specific_only)
+            hidden = ~pd.Series(dense.keep(frame["explanation"], dense_threshold), index=frame.index, dtype=bool)
+            dense.hidden_note(int(hidden.sum()), dense_threshold)
+            frame = frame[~hidden].reset_index(drop=True)
             if frame.empty:
                 st.caption("No feature fires on the domain-term tokens." if not specific_only else
                            "No feature is specific to the terms at this threshold.")

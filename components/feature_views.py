@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -66,9 +66,9 @@ def render_top_features_table(frame: pd.DataFrame, *, key: str) -> tuple[int, in
 
 
 def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], positions: Sequence[int] | None = None,
-                   max_features: int = 30) -> go.Figure:
+                   max_features: int = 30, skip: AbstractSet[tuple[int, int]] = frozenset()) -> go.Figure:
     """Tokens (at `positions`; None: all) x top features by peak activation there; zero where a
-    feature is not in a token's top-k."""
+    feature is not in a token's top-k. Features in `skip` (layer, index) are left out."""
     cols = list(range(len(result.tokens))) if positions is None else list(positions)
     peak: dict[tuple[int, int], float] = {}
     names: dict[tuple[int, int], str] = {}
@@ -78,6 +78,8 @@ def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], positions: Sequ
         for pos in cols:
             for index, value in zip(lt.indices[pos], lt.values[pos]):
                 key = (lt.layer, index)
+                if key in skip:
+                    continue
                 peak[key] = max(peak.get(key, 0.0), value)
                 names[key] = lt.explanations.get(index, "")
     chosen = sorted(peak, key=lambda k: -peak[k])[:max_features]

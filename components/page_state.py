@@ -59,8 +59,11 @@ class PageState:
         """This session's state for the page, with any URL news applied."""
         obj = st.session_state.get(cls._slot())
         if not isinstance(obj, cls):
-            obj = cls()
-            obj._wrote = {}
+            # None on a first visit; or an object of this class from before its module was
+            # reloaded (Streamlit reloads changed sources): its values carry over.
+            old = vars(obj) if type(obj).__name__ == cls.__name__ else {}
+            obj = cls(**{f.name: old[f.name] for f in dataclasses.fields(cls) if f.name in old})
+            obj._wrote = dict(old.get("_wrote", {}))
             st.session_state[cls._slot()] = obj
         obj.apply_url()
         return obj

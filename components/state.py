@@ -388,3 +388,46 @@ def too_long(what: str, text: str, limit: int) -> str | None:
 def blank(text: str | None) -> bool:
     """Empty, or only whitespace and invisible characters."""
     return not text or not "".join(ch for ch in text if unicodedata.category(ch)[0] not in "CZ")
+
+
+_prebuild = {"started": False}
+_prebuild_lock = threading.Lock()
+PREBUILD_ENV = "FEATURESCOPE_UI_PREBUILD_STORES"  # "0": build the demo stores on first use only
+
+
+def prebuild_demo_stores() -> None:
+    """Start building the demo model's corpus stores (one per SAE and per-layer transcoder set) in a
+    background thread when the app first runs in-process, so a user who spends a minute in the
+    highlighter finds the feature dashboards' examples ready. Once per process; a dashboard opened
+    meanwhile waits for the build of its set (the backend's build lock), then reads the store."""
+    import os
+
+    if os.environ.get(PREBUILD_ENV, "1") == "0":
+        return
+    if st.session_state.get("backend_kind", settings().backend) != "local":
+        return
+    with _prebuild_lock:
+        if _prebuild["started"]:
+            return
+        _prebuild["started"] = True
+    cat = catalog()
+    demo = next((m for m in cat.models if m.source == "demo" and m.available), None) if cat else None
+    if demo is None:
+        return
+    jobs = [(s.id, s.layers[0]) for s in demo.sae_sets if s.layers]
+    jobs += [(t.id, 0) for t in demo.transcoder_sets if t.kind == "per_layer"]
+    b = backend()
+
+    def work() -> None:
+        from backend.schemas import FeatureRef, FeatureRequest
+
+        for set_id, layer in jobs:
+            req = FeatureRequest(feature=FeatureRef(model=demo.id, sae_set=set_id, layer=layer, index=0),
+                                 n_examples=0, n_quantiles=0, examples_per_quantile=0, n_logits=0)
+            try:
+                b.feature(req)
+                log.info("demo corpus store for %s is ready", set_id)
+            except Exception:  # the dashboard builds it on first use instead, and shows why not
+                log.warning("building the demo corpus store for %s failed", set_id, exc_info=True)
+
+    threading.Thread(target=work, name="featurescope-demo-stores", daemon=True).start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.schemas import CompareRequest, CompareResult, ModelInfo
-from components import state
+from components import dense, state
 from components.page_state import CompareState
 from components.compare_views import (
     DEFAULT_SENTENCES,
@@ -212,7 +212,8 @@ def render_result(result: CompareResult) -> None:
             st.dataframe(frame, hide_index=True, width="stretch", key="cmp_guesses_table")
     with tab_feat:
         specific_only = st.toggle("Only features specific to the terms", key="cmp_specific_only")
-        render_features(result, specific_only=specific_only, key="cmp_features")
+        threshold = dense.render_filter(key="cmp_dense")
+        render_features(result, specific_only=specific_only, key="cmp_features", dense_threshold=threshold)
 
     st.subheader("Export")
     render_exports(result, key="cmp_export")

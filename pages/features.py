@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.schemas import (
+    AnalyzeRequest,
     ExplanationEdit,
     FeatureRef,
     FeatureRequest,
@@ -17,9 +18,9 @@ from backend.schemas import (
     ModelInfo,
     SearchRequest,
 )
-from components import state
+from components import dense, state
 from components.page_state import FeatureBrowserState
-from components.feature_dashboard import render_dashboard
+from components.feature_dashboard import render_dashboard, try_text_html
 from components.feature_search import render_hits
 
 
@@ -109,6 +110,19 @@ def hits_key(name: str, result) -> str:
     return f"fb_hits_{name}_table::{st.session_state.get(f'fb_hits_{name}_n', 0)}"
 
 
+def show_hits(name: str, threshold: float | None) -> None:
+    """The hits of the last search `name` (dense ones hidden when asked); a ticked row opens its feature."""
+    result = st.session_state.get(f"fb_hits_{name}")
+    if result is None:
+        return
+    kept = [h for h in result.hits if not dense.is_dense(h.explanation, threshold)]
+    dense.hidden_note(len(result.hits) - len(kept), threshold)
+    picked = render_hits(result.model_copy(update={"hits": kept}), key=hits_key(name, None))
+    if picked and picked != st.session_state.get(f"fb_hits_{name}_pick"):
+        st.session_state[f"fb_hits_{name}_pick"] = picked
+        open_feature(picked)
+
+
 def search(name: str, req_fields: dict, *, with_progress: bool) -> None:
     req = state.build(SearchRequest, **req_fields)
     if req is None:
@@ -123,6 +137,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
     fs = FeatureBrowserState.load()
     lim = state.limits()
     with st.expander("Find features", expanded=expanded):
+        threshold = dense.render_filter(key="fb_dense")
         tab_text, tab_expl = st.tabs(["Fire most on a text", "Explanation contains"])
         with tab_text, st.form("fb_search_text_form", border=False):
             text = fs.take("search_text", st.text_area("Text", key=fs.bind("search_text"), height=80,
@@ -136,11 +151,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
                     search("text", dict(model=model.id, sae_set=set_id, mode="text", text=text,
                                         k=min(20, lim.max_k)), with_progress=True)
         with tab_text:
-            if st.session_state.get("fb_hits_text") is not None:
-                picked = render_hits(st.session_state["fb_hits_text"], key=hits_key("text", None))
-                if picked and picked != st.session_state.get("fb_hits_text_pick"):
-                    st.session_state["fb_hits_text_pick"] = picked
-                    open_feature(picked)
+            show_hits("text", threshold)
         with tab_expl, st.form("fb_search_expl_form", border=False):
             words = fs.take("search_words", st.text_input("Words", key=fs.bind("search_words"),
                                                           placeholder="e.g. plasma confinement"))
@@ -153,11 +164,38 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
                     search("expl", dict(model=model.id, sae_set=set_id, mode="explanation", query=words,
                                         k=min(50, lim.max_k)), with_progress=False)
         with tab_expl:
-            if st.session_state.get("fb_hits_expl") is not None:
-                picked = render_hits(st.session_state["fb_hits_expl"], key=hits_key("expl", None))
-                if picked and picked != st.session_state.get("fb_hits_expl_pick"):
-                    st.session_state["fb_hits_expl_pick"] = picked
-                    open_feature(picked)
+            show_hits("expl", threshold)
+
+
+def try_your_text(model: ModelInfo, set_id: str, feature: tuple[int, int], result: FeatureResult) -> None:
+    """This feature's activation on every token of a text typed here, tinted, without leaving the page."""
+    fs = FeatureBrowserState.load()
+    with st.expander("Try your own text", expanded=bool(fs.try_text)):
+        with st.form("fb_try_form", border=False):
+            text = fs.take("try_text", st.text_area("Text", key=fs.bind("try_text"), height=70,
+                                                    placeholder="Type a text to see where this feature fires…"))
+            go = st.form_submit_button("Show activations")
+        if not go and not fs.try_text:
+            return
+        lim = state.limits()
+        if problem := ("Type a text to try." if state.blank(text) else
+                       state.too_long("The text", text, lim.max_text_chars)):
+            state.warn(problem)
+            return
+        ref = LayerFeature(layer=feature[0], index=feature[1])
+        req = state.build(AnalyzeRequest, model=model.id, sae_set=set_id, text=text, layers=[feature[0]], k=1,
+                          track=[ref])
+        answer = state.session_cached("fb_try", "analyze", req, "Reading the text…", size=8) if req else None
+        if answer is None:
+            return
+        tracked = next((t for t in answer.tracked if (t.layer, t.index) == feature), None)
+        if tracked is None:
+            st.caption("The backend returned no activations for this feature.")
+            return
+        st.html(try_text_html([t.text for t in answer.tokens], tracked.values, [t.special for t in answer.tokens],
+                              result.max_activation or 0.0))
+        fired = sum(v > 0 for v, t in zip(tracked.values, answer.tokens) if not t.special)
+        st.caption(f"Fires on {fired} of {sum(not t.special for t in answer.tokens)} tokens.")
 
 
 def dashboard(req: FeatureRequest, refresh: bool = False) -> FeatureResult | None:
@@ -191,6 +229,7 @@ def main() -> None:
     result = dashboard(req)
     if result is None:
         return
+    try_your_text(model, set_id, feature, result)
     steer = state.page("steer")
     if steer is not None:
         st.page_link(steer, label="Steer it", icon=":material/tune:",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+import pandas as pd
 import streamlit as st
 
 from backend.schemas import AnalyzeRequest, AnalyzeResult, LayerFeature
-from components import state
-from components.page_state import HighlighterState
+from components import demo_defaults, dense, state
+from components.page_state import DEFAULT_TEXT, HighlighterState
 from components.feature_links import render_feature_actions
 from components.feature_views import (
     heatmap_figure,
@@ -73,6 +74,9 @@ def main() -> None:
     st.title("Text highlighter")
     st.caption(f"{model.display_name} · {sae_set.display_name} · hook `{sae_set.hook}`")
     s = HighlighterState.load()
+    if s.text == DEFAULT_TEXT and model.source == "demo":  # the demo pack's own showcase lines
+        s.text = demo_defaults.highlighter_text(state.settings().demo_dir, sae_set_id, DEFAULT_TEXT)
+        st.session_state.pop(s.key("text"), None)
     lim = state.limits()
     if s.layer not in sae_set.layers:
         s.layer = sae_set.layers[len(sae_set.layers) // 2]
@@ -151,6 +155,11 @@ def main() -> None:
                                steer_params={"prompt": text} if len(text) <= STEER_PROMPT_LIMIT else {})
 
     frame = top_features_frame(result, shown_layers, positions)
+    threshold = dense.render_filter(key="hl_dense")
+    hidden = frame[~pd.Series(dense.keep(frame["explanation"], threshold), index=frame.index, dtype=bool)]
+    skip = frozenset(zip(hidden["layer"], hidden["feature"]))
+    frame = frame.drop(hidden.index).reset_index(drop=True)
+    dense.hidden_note(len(skip), threshold)
     tab_table, tab_heat, tab_track = st.tabs(["Top features per token", "Heatmap", "Tracked features"])
     with tab_table:
         # Keyed by the request: a new analysis starts with no row ticked (row 3 of another text is
@@ -164,7 +173,7 @@ def main() -> None:
         if frame.empty:
             st.caption("No active features to plot.")
         else:
-            st.plotly_chart(heatmap_figure(result, shown_layers, positions), key="hl_heatmap", width="stretch")
+            st.plotly_chart(heatmap_figure(result, shown_layers, positions, skip=skip), key="hl_heatmap", width="stretch")
     with tab_track:
         if result.tracked:
             st.plotly_chart(tracked_figure(result, result.tracked), key="hl_tracked", width="stretch")

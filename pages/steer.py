@@ -11,8 +11,8 @@ import streamlit as st
 from backend.schemas import ExperimentRequest, SteerRequest, SteerSweepRequest
 from pydantic import ValidationError
 
-from components import state
-from components.page_state import SteerState
+from components import demo_defaults, state
+from components.page_state import DEFAULT_PROMPT, SteerState
 from components.experiment_views import render_experiment
 from components.steer_form import (
     features_from_csv,
@@ -307,6 +307,9 @@ def main() -> None:
     c1, c2 = st.columns([1, 3])
     set_id = c1.selectbox("Features from", list(sets), key=set_key, format_func=lambda s: sets[s])
     ss = SteerState.load()
+    if ss.prompt == DEFAULT_PROMPT and model.source == "demo":  # a prompt the pack's showcase feature fires on
+        ss.prompt = demo_defaults.steering_prompt(state.settings().demo_dir, DEFAULT_PROMPT)
+        st.session_state.pop(ss.key("prompt"), None)
     prompt = ss.take("prompt", c2.text_area("Prompt", key=ss.bind("prompt"), height=80))
     ss.save_url()
     state.set_query_params(sae_set=set_id)  # the URL names the set steered, not the sidebar's

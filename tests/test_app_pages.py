@@ -44,6 +44,8 @@ def analysed(hf_cache):
     at.number_input(key="hl.k").set_value(4)
     at.button[0].click().run()
     assert not at.exception, at.exception
+    at.toggle(key="hl_dense_on").set_value(False).run()  # every feature, dense ones too
+    assert not at.exception, at.exception
     return at
 
 

@@ -104,6 +104,18 @@ def test_search_by_text_lists_the_backends_hits(hf_cache, backend):
     next(b for b in at.button if b.label == "Search").click().run()
     assert not at.exception, at.exception
     want = backend.search(SearchRequest(model="demo", sae_set="res", mode="text", text=text, k=20))
+
+    def dense(h) -> bool:  # the pack's explanations say "(dense: fires on N% of tokens)" from 10%
+        m = re.search(r"dense: fires on (\d+)%", h.explanation or "")
+        return bool(m) and int(m.group(1)) >= 10
+
+    kept = [h for h in want.hits if not dense(h)]
+    frame = at.dataframe[0].value
+    assert list(frame["feature"]) == [f"{h.feature.layer}:{h.feature.index}" for h in kept], "dense hidden"
+    assert list(frame["score"]) == pytest.approx([h.score for h in kept], abs=1e-4)
+    if len(kept) < len(want.hits):
+        assert any(f"{len(want.hits) - len(kept)} dense feature(s) hidden" in c.proto.body for c in at.caption)
+    at.toggle(key="fb_dense_on").set_value(False).run()
     frame = at.dataframe[0].value
     assert list(frame["feature"]) == [f"{h.feature.layer}:{h.feature.index}" for h in want.hits]
     assert list(frame["score"]) == pytest.approx([h.score for h in want.hits], abs=1e-4)

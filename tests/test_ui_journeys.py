@@ -61,12 +61,12 @@ def test_errors_are_errors_and_input_is_checked_first(server, browser, output_di
 
     analyse(page, "   ")  # blank: a friendly message, nothing sent
     page.get_by_text("Type or paste some text to analyse.").wait_for(timeout=30_000)
-    assert "validation" not in page.content().lower()
+    assert "validation" not in page.locator("body").inner_text().lower()
 
     page.get_by_label("Text", exact=True).fill("Plain words.")
     page.get_by_label("Track features (layer:index, comma-separated)").fill("y" * 100_000)
     page.get_by_role("button", name="Analyse").click()
-    page.locator('[data-testid="stAlertContentWarning"]').first.wait_for(timeout=30_000)
+    page.locator('[data-testid="stAlertContentWarning"]').filter(has_text="Track features").wait_for(timeout=30_000)
     shown = " ".join(warnings(page))
     assert "Track features" in shown and "y" * 81 not in shown
 
@@ -109,14 +109,14 @@ def test_the_users_place_is_kept(server, browser, output_dir):  # noqa: F811
     assert query(page)["feature"] == picked, "the selection stays on its feature, not on row 3"
 
     page.get_by_role("link", name="Steering").first.click()
-    page.get_by_label("Prompt").wait_for(timeout=LONG)
+    page.get_by_role("textbox", name="Prompt").wait_for(timeout=LONG)
     settled(page)
     page.get_by_role("link", name="Text highlighter").first.click()
     page.get_by_label("Text", exact=True).wait_for(timeout=LONG)
     settled(page)
     assert page.get_by_label("Text", exact=True).input_value() == "Dogs bark at the mail carrier."
     page.go_back()
-    page.get_by_label("Prompt").wait_for(timeout=LONG)
+    page.get_by_role("textbox", name="Prompt").wait_for(timeout=LONG)
     page.go_back()
     page.get_by_label("Text", exact=True).wait_for(timeout=LONG)
     settled(page)
@@ -129,13 +129,13 @@ def test_explanations_stay_with_their_feature_and_links_carry_context(server, br
     Steer it, the highlighter's Steer it with its text."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(f"{server}/features?model=demo&sae_set=res&feature=1:1636", wait_until="domcontentloaded")
-    editor = page.get_by_label("Your explanation")
+    editor = page.get_by_role("textbox", name="Your explanation")
     editor.wait_for(timeout=LONG * 2)
     editor.fill("typed for 1:1636")
     page.get_by_role("button", name="Next →").click()
     page.get_by_text("Feature 1:1637").wait_for(timeout=LONG)
     settled(page)
-    assert page.get_by_label("Your explanation").input_value() != "typed for 1:1636"
+    assert page.get_by_role("textbox", name="Your explanation").input_value() != "typed for 1:1636"
     steer = page.get_by_role("link", name="Steer it")
     assert "feature=1%3A1637" in steer.get_attribute("href") or "feature=1:1637" in steer.get_attribute("href")
     page.screenshot(path=str(output_dir / "journey-dashboard.png"), full_page=True)
@@ -146,7 +146,7 @@ def test_explanations_stay_with_their_feature_and_links_carry_context(server, br
     link = page.get_by_role("link", name="Steer it")
     link.wait_for(timeout=LONG)
     link.click()
-    prompt = page.get_by_label("Prompt")
+    prompt = page.get_by_role("textbox", name="Prompt")
     prompt.wait_for(timeout=LONG)
     settled(page)
     assert prompt.input_value() == text

@@ -201,3 +201,29 @@ def test_heatmap_labels_are_escaped_once(hf_cache):
     labels = heat["data"][0]["x"] + heat["data"][0]["y"]
     assert not any("&quot;" in label or "&#x27;" in label or "&amp;amp;" in label for label in labels)
     assert any("&lt;" in label for label in labels), "markup is still escaped for plotly"
+
+
+def test_dense_features_are_hidden_by_default_and_counted(hf_cache, backend):
+    import re
+
+    from backend.schemas import AnalyzeRequest
+
+    text = "The value of the result is returned to the caller in the end."
+    at = app(model="demo", sae_set="res", text=text, layer="1", k="10").run()
+    assert not at.exception, at.exception
+    want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=10))
+    lt = want.layers[0]
+
+    def dense(index: int) -> bool:
+        m = re.search(r"dense: fires on (\d+)% of tokens", lt.explanations.get(index, ""))
+        return bool(m) and int(m.group(1)) >= 10
+
+    rows = [(pos, i) for pos, idx in enumerate(lt.indices) if not want.tokens[pos].special for i in idx]
+    hidden = {i for _, i in rows if dense(i)}
+    assert hidden, "this text meets dense features of the demo pack"
+    frame = at.dataframe[0].value
+    assert sorted(zip(frame["pos"], frame["feature"])) == sorted((p, i) for p, i in rows if i not in hidden)
+    assert any(f"{len(hidden)} dense feature(s) hidden" in c.proto.body for c in at.caption)
+    at.toggle(key="hl_dense_on").set_value(False).run()
+    frame = at.dataframe[0].value
+    assert sorted(zip(frame["pos"], frame["feature"])) == sorted(rows)
