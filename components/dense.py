@@ -35,7 +35,7 @@ def render_filter(*, key: str) -> float | None:
     c1, c2, _ = st.columns([1.2, 0.9, 3], vertical_alignment="bottom")
     on = c1.toggle("Hide dense features", value=True, key=f"{key}_on",
                    help="Features that fire on a large share of all tokens say little about this text.")
-    pct = c2.number_input("Dense: firing on ≥ % of tokens", 1, 100, int(DEFAULT_THRESHOLD * 100), step=1,
+    pct = c2.number_input("Dense from (% of tokens)", 1, 100, int(DEFAULT_THRESHOLD * 100), step=1,
                           key=f"{key}_pct", disabled=not on)
     return pct / 100 if on else None
 
