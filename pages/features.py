@@ -229,7 +229,6 @@ def main() -> None:
     result = dashboard(req)
     if result is None:
         return
-    try_your_text(model, set_id, feature, result)
     steer = state.page("steer")
     if steer is not None:
         st.page_link(steer, label="Steer it", icon=":material/tune:",
@@ -243,6 +242,7 @@ def main() -> None:
         if saved is not None and dashboard(req, refresh=True) is not None:
             st.toast("Explanation saved." if saved.explanation_source == "user" else "Your explanation was removed.")
             st.rerun()
+    try_your_text(model, set_id, feature, result)
 
 
 main()

@@ -124,6 +124,8 @@ def test_side_by_side_figures_equal_the_result(compared, want):
 
 
 def test_features_tables_link_to_neuronpedia(compared, want):
+    compared.toggle(key="cmp_dense_on").set_value(False).run()  # every feature, dense ones too
+    assert not compared.exception, compared.exception
     tables = frames(compared, "mean on terms")
     assert len(tables) == 2
     for table, m in zip(tables, want.models):
