@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_MARK = re.compile(r"\[\[(.*?)\]\]", re.S)
+_MARK = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 
 
 @dataclass(frozen=True)

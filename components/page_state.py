@@ -117,10 +117,6 @@ class PageState:
         state.set_query_params(**values)
 
 
-def widget_value(key: str, default: Any = None) -> Any:
-    return st.session_state.get(key, default)
-
-
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. In 1905, Einstein published four papers."
 DEFAULT_PROMPT = "The weather today is"
 

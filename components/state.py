@@ -115,7 +115,8 @@ def clip(text: str, limit: int = MAX_ECHO) -> str:
     return f"{text[:limit - 1]}… ({len(text):,} characters)"
 
 
-_QUOTED = re.compile(r"'([^'\n]{%d,})'|\"([^\"\n]{%d,})\"|(\S{%d,})" % (MAX_ECHO + 1, MAX_ECHO + 1, MAX_ECHO + 1))
+_LONG = f"{{{MAX_ECHO + 1},}}"
+_QUOTED = re.compile(f"'([^'\\n]{_LONG})'|\"([^\"\\n]{_LONG})\"|(\\S{_LONG})")
 
 
 def clip_message(message: str, limit: int = 600) -> str:
@@ -203,7 +204,7 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         return fn(*args, **kwargs)
     except (BackendError, ValidationError) as exc:
         _report(exc)
-    except Exception as exc:  # never a traceback on the screen
+    except Exception as exc:  # noqa: BLE001 - never a traceback on the screen; logged in show_error
         _report(exc)
     return None
 
@@ -372,7 +373,7 @@ def limits() -> UiLimits:
         return cached[1]
     try:
         out = _derive(backend().info().limits)
-    except Exception:  # the pages still work with the defaults; the failing call shows its own error
+    except Exception:  # noqa: BLE001 - the pages work with the defaults; a failing call shows its own error
         return _derive({})
     st.session_state["_limits"] = (kind, out)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -144,7 +145,7 @@ def parse_amount(value: Any, n: int, op: str) -> float:
     except ValueError:
         raise ValueError(f"Row {n}: the {op} amount '{value}' is not a number; type e.g. 10 or -2.5 "
                          "(a feature goes in the feature column).") from None
-    if amount != amount or amount in (float("inf"), float("-inf")):
+    if not math.isfinite(amount):
         raise ValueError(f"Row {n}: the {op} amount must be a finite number.")
     return amount
 

@@ -6,7 +6,6 @@ import streamlit as st
 
 from backend.schemas import CompareRequest, CompareResult, ModelInfo
 from components import dense, state
-from components.page_state import CompareState
 from components.compare_views import (
     DEFAULT_SENTENCES,
     DEFAULT_TERMS,
@@ -20,6 +19,7 @@ from components.compare_views import (
     terms_frame,
     terms_side_by_side,
 )
+from components.page_state import CompareState
 from components.surprisal_view import render_surprisal_view, surprisal_view_data
 
 URL_TEXT_LIMIT = 1500

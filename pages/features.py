@@ -19,9 +19,9 @@ from backend.schemas import (
     SearchRequest,
 )
 from components import dense, state
-from components.page_state import FeatureBrowserState
 from components.feature_dashboard import render_dashboard, try_text_html
 from components.feature_search import render_hits
+from components.page_state import FeatureBrowserState
 
 
 def dictionary_options(model: ModelInfo) -> dict[str, tuple[str, list[int], int | None]]:

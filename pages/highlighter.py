@@ -9,7 +9,6 @@ import streamlit as st
 
 from backend.schemas import AnalyzeRequest, AnalyzeResult, LayerFeature
 from components import demo_defaults, dense, state
-from components.page_state import DEFAULT_TEXT, HighlighterState
 from components.feature_links import render_feature_actions
 from components.feature_views import (
     heatmap_figure,
@@ -18,6 +17,7 @@ from components.feature_views import (
     top_features_frame,
     tracked_figure,
 )
+from components.page_state import DEFAULT_TEXT, HighlighterState
 from components.token_view import render_token_view, token_view_data
 
 STEER_PROMPT_LIMIT = 500  # longer texts are not carried to the steering page's URL

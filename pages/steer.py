@@ -7,13 +7,12 @@ Links from other pages: ?model=…&sae_set=…&feature=L:I[&position=P][&prompt=
 from __future__ import annotations
 
 import streamlit as st
-
-from backend.schemas import ExperimentRequest, SteerRequest, SteerSweepRequest
 from pydantic import ValidationError
 
+from backend.schemas import ExperimentRequest, SteerRequest, SteerSweepRequest
 from components import demo_defaults, state
-from components.page_state import DEFAULT_PROMPT, SteerState
 from components.experiment_views import render_experiment
+from components.page_state import DEFAULT_PROMPT, SteerState
 from components.steer_form import (
     features_from_csv,
     features_from_rows,

@@ -8,6 +8,7 @@ import re
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.servers import streamlit_server
 from tests.test_browser import browser  # noqa: F401  (the module's Chromium)
@@ -83,12 +84,12 @@ def test_the_users_place_is_kept(server, browser, output_dir):  # noqa: F811
     page.goto(server, wait_until="domcontentloaded")
     page.get_by_label("Text", exact=True).wait_for(timeout=LONG)
     layer = page.locator('[data-testid="stSelectbox"]').filter(has_text="Layer").last
+    settled(page)
     page.get_by_text("All layers").click()
+    expect(layer.locator("input")).to_be_disabled(timeout=60_000)
     settled(page)
-    assert layer.locator("input").is_disabled()
     page.get_by_text("One layer").click()
-    settled(page)
-    assert not layer.locator("input").is_disabled(), "enabled without pressing Analyse"
+    expect(layer.locator("input")).to_be_enabled(timeout=60_000)  # without pressing Analyse
 
     mine = "Cats chase mice in the old barn every night."
     analyse(page, mine)

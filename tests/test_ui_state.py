@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from backend.errors import LimitExceeded, NotFound
 from components.state import markdown_text
-from tests.test_app_pages import all_markup, app
+from tests.test_app_pages import app
 
 
 def status_labels(at: AppTest) -> list[tuple[str, str]]:
