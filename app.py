@@ -41,6 +41,7 @@ navigation = st.navigation({
 })
 state.snapshot_query_params()  # before the sidebar rewrites model/sae_set
 st.session_state["selection"] = render_sidebar()
+state.prebuild_demo_stores()  # examples ready by the time the user opens a dashboard
 with st.sidebar:
     gate.render_account(settings)
 navigation.run()

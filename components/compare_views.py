@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import urlencode
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from backend.schemas import CompareResult, ModelReading
+from components import dense
 from components.text import plot_label, plot_text, visible
 
 # The page's defaults: the seed service's /compare example, with sentences that use its terms and
@@ -264,7 +266,14 @@ def render_glance(result: CompareResult) -> None:
                 st.caption(m.features_note)
 
 
-def render_features(result: CompareResult, *, specific_only: bool, key: str) -> None:
+def dashboard_url(model: str, sae_set: str, layer: int, index: int) -> str:
+    """The feature browser's URL for one feature (relative: the app may live under a base path)."""
+    return "features?" + urlencode({"model": model, "sae_set": sae_set, "feature": f"{layer}:{index}"}, safe=":")
+
+
+def render_features(result: CompareResult, *, specific_only: bool, key: str,
+                    dense_threshold: float | None = None) -> None:
+    """Per model, the features on the terms; those dense above `dense_threshold` left out (counted)."""
     cols = st.columns(len(result.models))
     for j, (col, m) in enumerate(zip(cols, result.models)):
         with col:
@@ -278,12 +287,18 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str) -> 
                        f"terms and on at most {f.specific_max_other_rate:.0%} of the other tokens.")
             one = CompareResult(models=[m], sentences=result.sentences, domain_terms=result.domain_terms)
             frame = features_frame(one, specific_only=specific_only)
+            hidden = ~pd.Series(dense.keep(frame["explanation"], dense_threshold), index=frame.index, dtype=bool)
+            dense.hidden_note(int(hidden.sum()), dense_threshold)
+            frame = frame[~hidden].reset_index(drop=True)
             if frame.empty:
                 st.caption("No feature fires on the domain-term tokens." if not specific_only else
                            "No feature is specific to the terms at this threshold.")
                 continue
+            shown = frame.drop(columns=["model", "sae_set", "layer"])
+            # Each feature id opens its dashboard (the link names the model and the dictionary).
+            shown.insert(0, "dashboard", [dashboard_url(m.model, f.sae_set, f.layer, int(i)) for i in frame["feature"]])
             st.dataframe(
-                frame.drop(columns=["model", "sae_set", "layer"]), hide_index=True, width="stretch",
+                shown, hide_index=True, width="stretch",
                 key=f"{key}_{j}",
                 column_config={
                     "mean on terms": st.column_config.ProgressColumn(
@@ -292,6 +307,8 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str) -> 
                     "fires on terms": st.column_config.NumberColumn(format="percent"),
                     "fires elsewhere": st.column_config.NumberColumn(format="percent"),
                     "specific": st.column_config.CheckboxColumn("specific"),
+                    "dashboard": st.column_config.LinkColumn(
+                        "feature", display_text=r"feature=(\d+:\d+)", help="Open the feature's dashboard"),
                     "neuronpedia": st.column_config.LinkColumn("Neuronpedia", display_text="open ↗"),
                     "explanation": st.column_config.TextColumn("explanation", width="medium"),
                 },

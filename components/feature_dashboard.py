@@ -130,6 +130,18 @@ def examples_html(examples: Sequence[Example], peak: float | None = None) -> str
     return _CSS + "".join(blocks)
 
 
+def try_text_html(tokens: Sequence[str], values: Sequence[float], special: Sequence[bool], peak: float) -> str:
+    """A typed text's tokens tinted by this feature's activation (escaped, as the examples are);
+    special tokens (BOS) left out. `peak` scales the tint (the feature's max on the corpus, when known)."""
+    top = max((v for v, sp in zip(values, special) if not sp), default=0.0)
+    scale = peak if peak and peak > 0 else top
+    strongest = max((i for i, sp in enumerate(special) if not sp), key=lambda i: values[i], default=-1)
+    toks = "".join(_token_html(t, v, scale, i == strongest and v > 0)
+                   for i, (t, v, sp) in enumerate(zip(tokens, values, special)) if not sp)
+    meta = html.escape(f"peak here {top:.4g}" + (f" · corpus max {peak:.4g}" if peak else ""), quote=True)
+    return _CSS + f'<div class="fs-ex"><div class="meta">{meta}</div>{toks}</div>'
+
+
 def render_examples(examples: Sequence[Example], peak: float | None = None) -> None:
     if not examples:
         st.caption("No examples.")

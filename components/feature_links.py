@@ -12,7 +12,9 @@ from components import state
 
 
 def render_feature_actions(model: ModelInfo, sae_set: SaeSetInfo, feature: tuple[int, int],
-                           values: Sequence[float] | None, *, on_clear: Callable[[], None]) -> None:
+                           values: Sequence[float] | None, *, on_clear: Callable[[], None],
+                           steer_params: dict[str, str] | None = None) -> None:
+    """The bar; the steering link also carries `steer_params` (the text being read, as its prompt)."""
     layer, index = feature
     with st.container(border=True):
         c1, c2 = st.columns([1, 1])
@@ -31,6 +33,7 @@ def render_feature_actions(model: ModelInfo, sae_set: SaeSetInfo, feature: tuple
         if url:
             next(slots).link_button("Neuronpedia ↗", url)
         for page, label in pages:
-            next(slots).page_link(page, label=label, query_params=params)
+            extra = steer_params or {} if label == "Steer it" else {}
+            next(slots).page_link(page, label=label, query_params={**params, **extra})
         if c2.button("Clear selection", key="clear_feature"):
             on_clear()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from backend.schemas import AnalyzeResult, TrackedActivations
-from components.text import plot_label, visible
+from components.text import plot_label, plot_text, visible
 
 
 def shown_positions(result: AnalyzeResult, include_special: bool) -> list[int]:
@@ -66,9 +67,9 @@ def render_top_features_table(frame: pd.DataFrame, *, key: str) -> tuple[int, in
 
 
 def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], positions: Sequence[int] | None = None,
-                   max_features: int = 30) -> go.Figure:
+                   max_features: int = 30, skip: AbstractSet[tuple[int, int]] = frozenset()) -> go.Figure:
     """Tokens (at `positions`; None: all) x top features by peak activation there; zero where a
-    feature is not in a token's top-k."""
+    feature is not in a token's top-k. Features in `skip` (layer, index) are left out."""
     cols = list(range(len(result.tokens))) if positions is None else list(positions)
     peak: dict[tuple[int, int], float] = {}
     names: dict[tuple[int, int], str] = {}
@@ -78,6 +79,8 @@ def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], positions: Sequ
         for pos in cols:
             for index, value in zip(lt.indices[pos], lt.values[pos]):
                 key = (lt.layer, index)
+                if key in skip:
+                    continue
                 peak[key] = max(peak.get(key, 0.0), value)
                 names[key] = lt.explanations.get(index, "")
     chosen = sorted(peak, key=lambda k: -peak[k])[:max_features]
@@ -90,7 +93,7 @@ def heatmap_figure(result: AnalyzeResult, layers: Sequence[int], positions: Sequ
                 if i is not None:
                     z[i][j] = value
     x = [plot_label(result.tokens[pos].text, pos) for pos in cols]
-    y = [plot_label(f"{layer}:{index} {names[(layer, index)][:40]}".strip()) for layer, index in chosen]
+    y = [plot_text(f"{layer}:{index} {names[(layer, index)][:40]}".strip()) for layer, index in chosen]
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Oranges", hoverongaps=False,
                                hovertemplate="%{y}<br>%{x}<br>activation %{z:.3f}<extra></extra>"))
     fig.update_layout(height=max(260, 22 * len(chosen) + 120), margin=dict(l=10, r=10, t=30, b=10),
@@ -102,7 +105,7 @@ def tracked_figure(result: AnalyzeResult, tracked: Sequence[TrackedActivations])
     x = [plot_label(t.text, t.position) for t in result.tokens]
     fig = go.Figure()
     for t in tracked:
-        name = plot_label(f"{t.layer}:{t.index} {(t.explanation or '')[:30]}".strip())
+        name = plot_text(f"{t.layer}:{t.index} {(t.explanation or '')[:30]}".strip())
         fig.add_trace(go.Scatter(x=x, y=t.values, mode="lines+markers", name=name))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(tickangle=-60),
                       yaxis_title="activation", legend=dict(orientation="h"))

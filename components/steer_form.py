@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -34,7 +35,7 @@ def initial_rows(feature: str | None, position: int | None) -> pd.DataFrame:
                 {
                     "feature": feature,
                     "operation": "delta",
-                    "amount": 10.0,
+                    "amount": "10",
                     "positions": "all",
                     "active at": None,
                     "generated": True,
@@ -45,7 +46,7 @@ def initial_rows(feature: str | None, position: int | None) -> pd.DataFrame:
         {
             "feature": "string",
             "operation": "string",
-            "amount": "float64",
+            "amount": "string",
             "positions": "string",
             "active at": "Int64",
             "generated": "boolean",
@@ -68,7 +69,10 @@ def render_interventions(initial: pd.DataFrame, *, key: str) -> pd.DataFrame:
                 required=True,
                 help="ablate: set to 0; delta: add; set_value: set; alpha: multiply",
             ),
-            "amount": st.column_config.NumberColumn("amount", help="delta, value or alpha (not for ablate)"),
+            # Text, read by `features_from_rows`: a number column would silently read "3:51" as 351.
+            "amount": st.column_config.TextColumn(
+                "amount", help="delta, value or alpha, a number such as 10 or -2.5 (not for ablate)"
+            ),
             "positions": st.column_config.TextColumn(
                 "positions", help="prompt positions (BOS is 0): 'all', '3, 5', or empty"
             ),
@@ -96,8 +100,13 @@ def features_from_rows(rows: pd.DataFrame, sae_set: str) -> list[dict[str, Any]]
     out = []
     for n, row in enumerate(rows.to_dict("records"), start=1):
         if _blank(row.get("feature")):
+            if any(not _blank(row.get(c)) and row.get(c) is not False for c in COLUMNS if c != "feature"):
+                raise ValueError(f"Row {n} has no feature: type its layer:index (e.g. 1:42), or delete the row.")
             continue
-        f = LayerFeature.parse(str(row["feature"]))
+        try:
+            f = LayerFeature.parse(str(row["feature"]).strip())
+        except ValueError:
+            raise ValueError(f"Row {n}: the feature '{row['feature']}' is not layer:index, e.g. 1:42.") from None
         item: dict[str, Any] = {"layer": f.layer, "index": f.index, "sae_set": sae_set}
         op = str(row.get("operation") or "ablate")
         if op not in OPERATIONS:
@@ -107,7 +116,7 @@ def features_from_rows(rows: pd.DataFrame, sae_set: str) -> list[dict[str, Any]]
         else:
             if _blank(row.get("amount")):
                 raise ValueError(f"Row {n}: {op} needs an amount.")
-            item[op] = float(row["amount"])
+            item[op] = parse_amount(row["amount"], n, op)
         positions = "" if _blank(row.get("positions")) else str(row["positions"]).strip().lower()
         if positions == "all":
             item["steer_all_prompt_positions"] = True
@@ -127,6 +136,18 @@ def features_from_rows(rows: pd.DataFrame, sae_set: str) -> list[dict[str, Any]]
             raise ValueError(f"Row {n}: say where to steer: positions, or tick 'generated'.")
         out.append(item)
     return out
+
+
+def parse_amount(value: Any, n: int, op: str) -> float:
+    """The amount column's text as a number; ValueError naming the row when it is not one."""
+    try:
+        amount = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"Row {n}: the {op} amount '{value}' is not a number; type e.g. 10 or -2.5 "
+                         "(a feature goes in the feature column).") from None
+    if not math.isfinite(amount):
+        raise ValueError(f"Row {n}: the {op} amount must be a finite number.")
+    return amount
 
 
 def parse_alphas(text: str) -> list[float]:

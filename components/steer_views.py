@@ -16,7 +16,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from backend.schemas import SteerResult, SteerSweepResult
-from components.text import plot_label, visible
+from components.text import plot_label, plot_text, visible
 
 # Inline styles: st.html sanitises its input and does no markdown, so token text stays text.
 _BOX = (
@@ -179,7 +179,7 @@ def sweep_figure(result: SteerSweepResult) -> go.Figure:
         height=320,
         margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h"),
-        title=plot_label(f"Feature {result.feature.layer}:{result.feature.index} scaled by alpha"),
+        title=plot_text(f"Feature {result.feature.layer}:{result.feature.index} scaled by alpha"),
     )
     return fig
 

@@ -12,12 +12,19 @@ def visible(token: str) -> str:
     return token.translate(_VISIBLE)
 
 
+def _plot_escape(text: str) -> str:
+    """Escaped once for plotly, which reads a little HTML (tags, and only a few named entities: it
+    would show `&quot;` as written), so only `&`, `<` and `>` are escaped; quotes stay quotes."""
+    return html.escape(text, quote=False)
+
+
 def plot_label(token: str, position: int | None = None) -> str:
-    """A label for plotly, which interprets a little HTML: visible whitespace, then escaped."""
-    text = html.escape(visible(token), quote=True)
+    """A model token as a plotly label: visible whitespace (the explicit display choice for
+    tokens), escaped once."""
+    text = _plot_escape(visible(token))
     return text if position is None else f"{position}: {text}"
 
 
 def plot_text(text: str) -> str:
-    """Words (a term, a model name) for plotly: escaped, spaces kept as spaces."""
-    return html.escape(text, quote=True)
+    """Words (a title, a term, a model name, an explanation) for plotly: escaped once, spaces kept."""
+    return _plot_escape(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.schemas import CompareRequest, CompareResult, ModelInfo
-from components import state
+from components import dense, state
 from components.compare_views import (
     DEFAULT_SENTENCES,
     DEFAULT_TERMS,
@@ -19,6 +19,7 @@ from components.compare_views import (
     terms_frame,
     terms_side_by_side,
 )
+from components.page_state import CompareState
 from components.surprisal_view import render_surprisal_view, surprisal_view_data
 
 URL_TEXT_LIMIT = 1500
@@ -46,8 +47,11 @@ def restore_from_url(models: list[ModelInfo], current: str | None) -> None:
     url_models = [m for m in (state.query_param("models") or "").split(",") if m in ids]
     st.session_state["cmp_models"] = url_models or default_models(models, current)
     url_sentences = state.query_param("sentences")
-    st.session_state["cmp_sentences"] = url_sentences or "\n".join(DEFAULT_SENTENCES)
-    st.session_state["cmp_terms"] = state.query_param("terms") or ", ".join(DEFAULT_TERMS)
+    cs = CompareState.load()
+    cs.sentences = url_sentences or "\n".join(DEFAULT_SENTENCES)
+    cs.terms = state.query_param("terms") or ", ".join(DEFAULT_TERMS)
+    for field in ("sentences", "terms"):
+        st.session_state.pop(cs.key(field), None)
     depth = state.query_param("depth", "0.5")
     try:
         st.session_state["cmp_depth"] = min(max(float(depth), 0.0), 1.0)
@@ -57,6 +61,33 @@ def restore_from_url(models: list[ModelInfo], current: str | None) -> None:
 
 def run_compare(req: CompareRequest) -> CompareResult | None:
     return state.session_cached("cmp", "compare", req, "Comparing models…", size=8)
+
+def keep(*keys: str) -> None:
+    """Keep these widgets' values when the user visits another page (Streamlit forgets the values of
+    widgets a run does not draw; a value the script set itself is kept)."""
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def check_input(models: list[str], sentences: list[str], terms: list[str], text: str, lim) -> str | None:
+    """What to fix before comparing, or None."""
+    if not models:
+        return "Choose at least one model."
+    if not sentences:
+        return "Type at least one sentence (one per line)."
+    if len(models) > lim.max_compare_models:
+        return f"{len(models)} models; the limit is {lim.max_compare_models}. Remove some."
+    if len(sentences) > lim.max_compare_sentences:
+        return f"{len(sentences)} sentences; the limit is {lim.max_compare_sentences}. Remove some."
+    if len(terms) > lim.max_compare_terms:
+        return f"{len(terms)} domain terms; the limit is {lim.max_compare_terms}. Remove some."
+    long_term = next((t for t in terms if len(t) > lim.max_compare_term_chars), None)
+    if long_term is not None:
+        return state.clip_message(f"The term '{long_term}' is {len(long_term):,} characters; the limit is "
+                                  f"{lim.max_compare_term_chars}. Shorten it.")
+    return state.too_long("The sentences", text, lim.max_text_chars)
+
 
 def layer_choices(models: list[ModelInfo], chosen: list[str]) -> dict[str, int]:
     """Per-model SAE layer pickers (only when the user asks to choose layers)."""
@@ -87,14 +118,19 @@ def main() -> None:
         restore_from_url(cat.models, current)
     names = {m.id: m.display_name + ("" if m.available else " (unavailable)") for m in cat.models}
 
+    lim = state.limits()
+    cs = CompareState.load()
+    keep("cmp_models", "cmp_layer_mode", "cmp_depth", "cmp_k", "cmp_guesses", "cmp_rate", "cmp_case")
     chosen = st.multiselect("Models", list(names), key="cmp_models", format_func=names.get,
+                            max_selections=lim.max_compare_models,
                             help="Read one after another: models that do not fit in memory together are "
-                                 "unloaded and loaded in turn.")
+                                 f"unloaded and loaded in turn (at most {lim.max_compare_models}).")
     c1, c2 = st.columns([3, 2])
-    sentences_text = c1.text_area("Sentences (one per line)", key="cmp_sentences", height=140)
-    terms_text = c2.text_area("Domain terms (comma-separated)", key="cmp_terms", height=68,
-                              help="Found as whole words, ignoring case; add plural forms as terms of "
-                                   "their own.")
+    sentences_text = cs.take("sentences", c1.text_area(
+        f"Sentences (one per line, at most {lim.max_compare_sentences})", key=cs.bind("sentences"), height=140))
+    terms_text = cs.take("terms", c2.text_area(
+        f"Domain terms (comma-separated, at most {lim.max_compare_terms})", key=cs.bind("terms"), height=68,
+        help="Found as whole words, ignoring case; add plural forms as terms of their own."))
     with c2.expander("Options"):
         mode = st.radio("SAE layer", ["Same relative depth", "Choose per model"], key="cmp_layer_mode",
                         horizontal=True)
@@ -102,7 +138,7 @@ def main() -> None:
                           disabled=mode != "Same relative depth",
                           help="0 = embeddings, 1 = after the last layer; each model reads its SAE layer "
                                "closest to this depth.")
-        k = st.number_input("Top features per model", 1, 100, 10, key="cmp_k")
+        k = st.number_input("Top features per model", 1, lim.max_k, min(10, lim.max_k), key="cmp_k")
         guesses = st.number_input("Guesses where a term starts", 1, 20, 5, key="cmp_guesses")
         rate = st.slider("Specific: fires on at most this share of other tokens", 0.0, 0.5, 0.05, step=0.01,
                          key="cmp_rate")
@@ -115,12 +151,14 @@ def main() -> None:
         st.caption("Press **Compare** to read the sentences with every chosen model.")
         return
     sentences, terms = split_sentences(sentences_text), split_terms(terms_text)
-    if not chosen or not sentences:
-        st.warning("Choose at least one model and type at least one sentence.")
+    if problem := check_input(chosen, sentences, terms, sentences_text, lim):
+        state.warn(problem)
         return
-    req = CompareRequest(models=chosen, sentences=sentences, domain_terms=terms, relative_depth=float(depth),
-                         sae_layers=sae_layers, k=int(k), top_guesses=int(guesses),
-                         specific_max_other_rate=float(rate), match_case=bool(match_case))
+    req = state.build(CompareRequest, models=chosen, sentences=sentences, domain_terms=terms,
+                      relative_depth=float(depth), sae_layers=sae_layers, k=int(k), top_guesses=int(guesses),
+                      specific_max_other_rate=float(rate), match_case=bool(match_case))
+    if req is None:
+        return
     result = run_compare(req)
     if result is None:
         return
@@ -174,7 +212,8 @@ def render_result(result: CompareResult) -> None:
             st.dataframe(frame, hide_index=True, width="stretch", key="cmp_guesses_table")
     with tab_feat:
         specific_only = st.toggle("Only features specific to the terms", key="cmp_specific_only")
-        render_features(result, specific_only=specific_only, key="cmp_features")
+        threshold = dense.render_filter(key="cmp_dense")
+        render_features(result, specific_only=specific_only, key="cmp_features", dense_threshold=threshold)
 
     st.subheader("Export")
     render_exports(result, key="cmp_export")

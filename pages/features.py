@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.schemas import (
+    AnalyzeRequest,
     ExplanationEdit,
     FeatureRef,
     FeatureRequest,
@@ -17,9 +18,10 @@ from backend.schemas import (
     ModelInfo,
     SearchRequest,
 )
-from components import state
-from components.feature_dashboard import render_dashboard
+from components import dense, state
+from components.feature_dashboard import render_dashboard, try_text_html
 from components.feature_search import render_hits
+from components.page_state import FeatureBrowserState
 
 
 def dictionary_options(model: ModelInfo) -> dict[str, tuple[str, list[int], int | None]]:
@@ -63,17 +65,26 @@ def open_feature(feature: tuple[int, int]) -> None:
 
 
 def pick_feature(model: ModelInfo, set_id: str, layers: list[int], width: int | None) -> tuple[int, int] | None:
+    top = (width - 1) if width else None
     raw = url_news("feature")
     if raw:
+        st.session_state.setdefault("fb_wrote", {})["feature"] = raw  # read once: not news again
         try:
             f = LayerFeature.parse(raw)
-            st.session_state["fb_feature"] = (f.layer, f.index)
         except ValueError:
-            st.warning(f"The link's feature '{raw}' is not layer:index.")
+            st.error(state.markdown_text(state.clip_message(f"The link's feature '{raw}' is not layer:index, "
+                                                            "e.g. 1:42.")))
+        else:
+            if f.layer not in layers:
+                st.error(f"Layer {f.layer} is not in this dictionary; its layers are {layers}.")
+            elif top is not None and f.index > top:
+                st.error(f"Feature {f.layer}:{f.index} does not exist: this dictionary has {width:,} features "
+                         f"per layer (indices 0 to {top:,}).")
+            else:
+                st.session_state["fb_feature"] = (f.layer, f.index)
     feature = st.session_state.get("fb_feature")
-    if feature is not None and feature[0] not in layers:
-        st.warning(f"Layer {feature[0]} is not in this dictionary; its layers are {layers}.")
-        feature = st.session_state["fb_feature"] = None
+    if feature is not None and (feature[0] not in layers or (top is not None and feature[1] > top)):
+        feature = st.session_state["fb_feature"] = None  # from another dictionary
     layer_key, index_key = f"fb_layer::{model.id}::{set_id}", f"fb_index::{model.id}::{set_id}"
     if feature is not None and st.session_state.get("fb_synced") != (set_id, feature):
         st.session_state[layer_key], st.session_state[index_key] = feature
@@ -81,8 +92,8 @@ def pick_feature(model: ModelInfo, set_id: str, layers: list[int], width: int | 
     with st.form("fb_pick", border=False):
         c1, c2, c3 = st.columns([1, 1, 1], vertical_alignment="bottom")
         layer = c1.selectbox("Layer", layers, key=layer_key)
-        top = (width - 1) if width else None
-        index = c2.number_input("Feature index", min_value=0, max_value=top, step=1, key=index_key)
+        index = c2.number_input("Feature index", min_value=0, max_value=top, step=1, key=index_key,
+                                help=None if top is None else f"0 to {top:,}")
         if c3.form_submit_button("Open", type="primary"):
             open_feature((int(layer), int(index)))
     if feature is not None:
@@ -94,36 +105,97 @@ def pick_feature(model: ModelInfo, set_id: str, layers: list[int], width: int | 
     return feature
 
 
+def hits_key(name: str, result) -> str:
+    """A hits table's key, new for every search: a ticked row belongs to one list of hits."""
+    return f"fb_hits_{name}_table::{st.session_state.get(f'fb_hits_{name}_n', 0)}"
+
+
+def show_hits(name: str, threshold: float | None) -> None:
+    """The hits of the last search `name` (dense ones hidden when asked); a ticked row opens its feature."""
+    result = st.session_state.get(f"fb_hits_{name}")
+    if result is None:
+        return
+    kept = [h for h in result.hits if not dense.is_dense(h.explanation, threshold)]
+    dense.hidden_note(len(result.hits) - len(kept), threshold)
+    picked = render_hits(result.model_copy(update={"hits": kept}), key=hits_key(name, None))
+    if picked and picked != st.session_state.get(f"fb_hits_{name}_pick"):
+        st.session_state[f"fb_hits_{name}_pick"] = picked
+        open_feature(picked)
+
+
+def search(name: str, req_fields: dict, *, with_progress: bool) -> None:
+    req = state.build(SearchRequest, **req_fields)
+    if req is None:
+        return
+    fn = state.backend().search
+    result = state.run("Searching…", fn, req) if with_progress else state.call(fn, req)
+    st.session_state[f"fb_hits_{name}"] = result
+    st.session_state[f"fb_hits_{name}_n"] = st.session_state.get(f"fb_hits_{name}_n", 0) + 1
+
+
 def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
-    backend = state.backend()
+    fs = FeatureBrowserState.load()
+    lim = state.limits()
     with st.expander("Find features", expanded=expanded):
+        threshold = dense.render_filter(key="fb_dense")
         tab_text, tab_expl = st.tabs(["Fire most on a text", "Explanation contains"])
         with tab_text, st.form("fb_search_text_form", border=False):
-            text = st.text_area("Text", key="fb_search_text", height=80,
-                                placeholder="Features that fire most on this text…")
+            text = fs.take("search_text", st.text_area("Text", key=fs.bind("search_text"), height=80,
+                                                       placeholder="Features that fire most on this text…"))
             if st.form_submit_button("Search"):
-                with state.progress("Searching…") as progress:
-                    st.session_state["fb_hits_text"] = state.call(
-                        backend.search, SearchRequest(model=model.id, sae_set=set_id, mode="text", text=text, k=20),
-                        progress=progress)
+                problem = ("Type some text to search with." if state.blank(text)
+                           else state.too_long("The text", text, lim.max_text_chars))
+                if problem:
+                    state.warn(problem)
+                else:
+                    search("text", dict(model=model.id, sae_set=set_id, mode="text", text=text,
+                                        k=min(20, lim.max_k)), with_progress=True)
         with tab_text:
-            if st.session_state.get("fb_hits_text") is not None:
-                picked = render_hits(st.session_state["fb_hits_text"], key="fb_hits_text_table")
-                if picked and picked != st.session_state.get("fb_hits_text_pick"):
-                    st.session_state["fb_hits_text_pick"] = picked
-                    open_feature(picked)
+            show_hits("text", threshold)
         with tab_expl, st.form("fb_search_expl_form", border=False):
-            words = st.text_input("Words", key="fb_search_words", placeholder="e.g. plasma confinement")
+            words = fs.take("search_words", st.text_input("Words", key=fs.bind("search_words"),
+                                                          placeholder="e.g. plasma confinement"))
             if st.form_submit_button("Search"):
-                st.session_state["fb_hits_expl"] = state.call(
-                    backend.search, SearchRequest(model=model.id, sae_set=set_id, mode="explanation", query=words,
-                                                  k=50))
+                problem = ("Type a word or two to look for." if state.blank(words)
+                           else state.too_long("The query", words, lim.max_text_chars))
+                if problem:
+                    state.warn(problem)
+                else:
+                    search("expl", dict(model=model.id, sae_set=set_id, mode="explanation", query=words,
+                                        k=min(50, lim.max_k)), with_progress=False)
         with tab_expl:
-            if st.session_state.get("fb_hits_expl") is not None:
-                picked = render_hits(st.session_state["fb_hits_expl"], key="fb_hits_expl_table")
-                if picked and picked != st.session_state.get("fb_hits_expl_pick"):
-                    st.session_state["fb_hits_expl_pick"] = picked
-                    open_feature(picked)
+            show_hits("expl", threshold)
+
+
+def try_your_text(model: ModelInfo, set_id: str, feature: tuple[int, int], result: FeatureResult) -> None:
+    """This feature's activation on every token of a text typed here, tinted, without leaving the page."""
+    fs = FeatureBrowserState.load()
+    with st.expander("Try your own text", expanded=bool(fs.try_text)):
+        with st.form("fb_try_form", border=False):
+            text = fs.take("try_text", st.text_area("Text", key=fs.bind("try_text"), height=70,
+                                                    placeholder="Type a text to see where this feature fires…"))
+            go = st.form_submit_button("Show activations")
+        if not go and not fs.try_text:
+            return
+        lim = state.limits()
+        if problem := ("Type a text to try." if state.blank(text) else
+                       state.too_long("The text", text, lim.max_text_chars)):
+            state.warn(problem)
+            return
+        ref = LayerFeature(layer=feature[0], index=feature[1])
+        req = state.build(AnalyzeRequest, model=model.id, sae_set=set_id, text=text, layers=[feature[0]], k=1,
+                          track=[ref])
+        answer = state.session_cached("fb_try", "analyze", req, "Reading the text…", size=8) if req else None
+        if answer is None:
+            return
+        tracked = next((t for t in answer.tracked if (t.layer, t.index) == feature), None)
+        if tracked is None:
+            st.caption("The backend returned no activations for this feature.")
+            return
+        st.html(try_text_html([t.text for t in answer.tokens], tracked.values, [t.special for t in answer.tokens],
+                              result.max_activation or 0.0))
+        fired = sum(v > 0 for v, t in zip(tracked.values, answer.tokens) if not t.special)
+        st.caption(f"Fires on {fired} of {sum(not t.special for t in answer.tokens)} tokens.")
 
 
 def dashboard(req: FeatureRequest, refresh: bool = False) -> FeatureResult | None:
@@ -157,12 +229,20 @@ def main() -> None:
     result = dashboard(req)
     if result is None:
         return
-    to_save = render_dashboard(result, name, key="fb_dash")
-    if to_save is not None:
+    steer = state.page("steer")
+    if steer is not None:
+        st.page_link(steer, label="Steer it", icon=":material/tune:",
+                     query_params={"model": model.id, "sae_set": set_id, "feature": f"{feature[0]}:{feature[1]}"})
+    to_save = render_dashboard(result, name, key=f"fb_dash::{set_id}::{feature[0]}:{feature[1]}")
+    if to_save is not None and (problem := state.too_long("The explanation", to_save,
+                                                          state.limits().max_explanation_chars)):
+        state.warn(problem)
+    elif to_save is not None:
         saved = state.call(state.backend().save_explanation, ExplanationEdit(feature=req.feature, text=to_save))
         if saved is not None and dashboard(req, refresh=True) is not None:
             st.toast("Explanation saved." if saved.explanation_source == "user" else "Your explanation was removed.")
             st.rerun()
+    try_your_text(model, set_id, feature, result)
 
 
 main()

@@ -7,10 +7,12 @@ Links from other pages: ?model=…&sae_set=…&feature=L:I[&position=P][&prompt=
 from __future__ import annotations
 
 import streamlit as st
+from pydantic import ValidationError
 
 from backend.schemas import ExperimentRequest, SteerRequest, SteerSweepRequest
-from components import state
+from components import demo_defaults, state
 from components.experiment_views import render_experiment
+from components.page_state import DEFAULT_PROMPT, SteerState
 from components.steer_form import (
     features_from_csv,
     features_from_rows,
@@ -27,10 +29,6 @@ from components.steer_views import (
     sweep_frame,
     topk_frame,
 )
-from components.text import visible
-
-DEFAULT_PROMPT = "The weather today is"
-URL_PROMPT_LIMIT = 500
 
 
 def feature_sets(model) -> dict[str, str]:
@@ -43,37 +41,51 @@ def feature_sets(model) -> dict[str, str]:
 
 def follow_link(sets: dict[str, str], set_key: str, sidebar_set: str | None) -> tuple[str | None, int | None]:
     """A new link (?feature=L:I[&position=P][&sae_set=…][&prompt=…]) sets the feature set, the prompt
-    and the first intervention; returns the (feature, position) the interventions start from.
+    and the first intervention, and clears the results of before (they were for other interventions);
+    returns the (feature, position) the interventions start from.
 
     The URL is read as it was before the sidebar rewrote `sae_set` (a link may name a transcoder set)."""
+    SteerState.load()  # the prompt: kept across pages, replaced by a link's
     raw = state.query_param_at_start("position")
     link = (state.query_param_at_start("feature"), int(raw) if raw and raw.isdigit() else None)
     if st.session_state.get("st_link") != link:
+        if "st_link" in st.session_state:
+            for old in ("st_result", "st_sweep", "st_experiment"):
+                st.session_state.pop(old, None)
+            st.session_state["st_rows_n"] = st.session_state.get("st_rows_n", 0) + 1  # a fresh table
         st.session_state["st_link"] = st.session_state["st_rows_from"] = link
         if state.query_param_at_start("sae_set") in sets:
             st.session_state[set_key] = state.query_param_at_start("sae_set")
-        if state.query_param_at_start("prompt"):
-            st.session_state["st_prompt"] = state.query_param_at_start("prompt")
     if set_key not in st.session_state:
         st.session_state[set_key] = sidebar_set if sidebar_set in sets else next(iter(sets))
-    if "st_prompt" not in st.session_state:
-        st.session_state["st_prompt"] = DEFAULT_PROMPT
     return st.session_state.get("st_rows_from", (None, None))
 
 
+def check_prompt(prompt: str) -> str | None:
+    if state.blank(prompt):
+        return "Type a prompt to steer."
+    return state.too_long("The prompt", prompt, state.limits().max_text_chars)
+
+
 def settings_inputs() -> dict:
+    ss, lim = SteerState.load(), state.limits()
+    ss.n_tokens = min(max(int(ss.n_tokens), 1), lim.max_new_tokens)
+    ss.top_k = min(max(int(ss.top_k), 0), lim.max_k)
     c = st.columns(6)
     return dict(
-        n_tokens=int(c[0].number_input("Tokens", 1, 256, 16, key="st_n_tokens")),
-        temperature=float(c[1].number_input("Temperature", 0.0, 10.0, 0.0, 0.1, key="st_temperature")),
-        top_k=int(c[2].number_input("Top-k per token", 0, 100, 5, key="st_top_k")),
-        freq_penalty=float(c[3].number_input("Frequency penalty", -10.0, 10.0, 0.0, 0.1, key="st_freq")),
-        seed=int(c[4].number_input("Seed", 0, 2**31 - 1, 0, key="st_seed")),
-        freeze_attention=c[5].checkbox(
+        n_tokens=ss.take("n_tokens", int(c[0].number_input("Tokens", 1, lim.max_new_tokens,
+                                                           key=ss.bind("n_tokens")))),
+        temperature=ss.take("temperature", float(c[1].number_input("Temperature", 0.0, 10.0, step=0.1,
+                                                                   key=ss.bind("temperature")))),
+        top_k=ss.take("top_k", int(c[2].number_input("Top-k per token", 0, lim.max_k, key=ss.bind("top_k")))),
+        freq_penalty=ss.take("freq_penalty", float(c[3].number_input("Frequency penalty", -10.0, 10.0, step=0.1,
+                                                                     key=ss.bind("freq_penalty")))),
+        seed=ss.take("seed", int(c[4].number_input("Seed", 0, 2**31 - 1, key=ss.bind("seed")))),
+        freeze_attention=ss.take("freeze_attention", c[5].checkbox(
             "Freeze attention",
-            key="st_freeze",
+            key=ss.bind("freeze_attention"),
             help="The steered run reads the prompt with the default run's attention patterns.",
-        ),
+        )),
     )
 
 
@@ -81,21 +93,28 @@ def steer_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
     if st.button("Steer", type="primary", key="st_run"):
         try:
             features = features_from_rows(rows, set_id)
-            req = SteerRequest.model_validate(
-                {"model": model_id, "sae_set": set_id, "prompt": prompt, "features": features, **settings}
-            )
         except ValueError as exc:
-            st.warning(str(exc))
+            state.warn(str(exc))
             return
-        with state.progress("Steering…") as progress:
-            result = state.call(state.backend().steer, req, progress=progress)
+        if problem := check_prompt(prompt) or (None if features else
+                                               "Add an intervention: a feature (layer:index) and what to do."):
+            state.warn(problem)
+            return
+        if len(features) > state.limits().max_steer_features:
+            st.warning(f"{len(features)} interventions; the limit is {state.limits().max_steer_features}. "
+                       "Remove some.", icon=":material/edit:")
+            return
+        req = state.build(SteerRequest, model=model_id, sae_set=set_id, prompt=prompt, features=features,
+                          **settings)
+        if req is None:
+            return
+        result = state.run("Steering…", state.backend().steer, req)
         st.session_state["st_result"] = result
         if result is not None and features:
             first = features[0]
             state.set_query_params(
                 feature=f"{first['layer']}:{first['index']}",
                 sae_set=set_id,
-                prompt=prompt if len(prompt) <= URL_PROMPT_LIMIT else None,
             )
     result = st.session_state.get("st_result")
     if result is None:
@@ -131,12 +150,21 @@ def sweep_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
         key="st_sweep_where",
         index=2,
     )
-    alphas_text = c3.text_input("Alphas", "0, 0.5, 1, 2, 4", key="st_sweep_alphas")
+    ss = SteerState.load()
+    alphas_text = ss.take("sweep_alphas", c3.text_input("Alphas", key=ss.bind("sweep_alphas")))
     if st.button("Sweep", key="st_sweep_run"):
+        if problem := check_prompt(prompt) or (None if feature.strip() else "Give the feature to sweep, "
+                                                                           "as layer:index."):
+            state.warn(problem)
+            return
         try:
             from backend.schemas import LayerFeature
 
             f = LayerFeature.parse(feature)
+            alphas = parse_alphas(alphas_text)
+            if len(alphas) > state.limits().max_sweep_alphas:
+                raise ValueError(f"{len(alphas)} alphas; the limit is {state.limits().max_sweep_alphas}. "
+                                 "Give fewer.")
             target = {
                 "layer": f.layer,
                 "index": f.index,
@@ -149,15 +177,17 @@ def sweep_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
                     "sae_set": set_id,
                     "prompt": prompt,
                     "feature": target,
-                    "alphas": parse_alphas(alphas_text),
+                    "alphas": alphas,
                     **{k: v for k, v in settings.items() if k != "top_k"},
                 }
             )
-        except ValueError as exc:
-            st.warning(str(exc))
+        except ValidationError as exc:
+            state.warn(state.input_message(exc))
             return
-        with state.progress("Sweeping alpha…") as progress:
-            st.session_state["st_sweep"] = state.call(state.backend().sweep, req, progress=progress)
+        except ValueError as exc:
+            state.warn(str(exc))
+            return
+        st.session_state["st_sweep"] = state.run("Sweeping alpha…", state.backend().sweep, req)
     result = st.session_state.get("st_sweep")
     if result is None:
         st.caption(
@@ -171,8 +201,8 @@ def sweep_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> 
             "nothing; use delta or set_value in the Steer tab to push it."
         )
     st.plotly_chart(sweep_figure(result), key="st_sweep_plot", width="stretch")
-    st.dataframe(sweep_frame(result, visible), hide_index=True, width="stretch", key="st_sweep_table")
-    st.caption(f"Default: {visible(result.default_generation)}")
+    st.dataframe(sweep_frame(result, str), hide_index=True, width="stretch", key="st_sweep_table")
+    st.text(f"Default: {result.default_generation}")
 
 
 def experiment_tab(model, set_id: str, rows) -> None:
@@ -197,10 +227,18 @@ def experiment_tab(model, set_id: str, rows) -> None:
         headline = c7.number_input("Headline alpha", value=2.0, key="st_exp_alpha")
         c8, c9, c10, c11 = st.columns(4)
         corpus = c8.radio("Corpus", ["demo pack", "my passages"], key="st_exp_corpus", horizontal=True)
-        n_passages = c9.number_input("Passages", 1, 1000, 16, key="st_exp_n")
-        max_len = c10.number_input("Max tokens per passage", 8, 1024, 64, key="st_exp_len")
-        batch = c11.number_input("Batch size", 1, 64, 8, key="st_exp_batch")
-        texts = st.text_area("Passages (one per line)", key="st_exp_texts", height=90)
+        lim = state.limits()
+        n_passages = c9.number_input("Passages", 1, lim.max_experiment_passages,
+                                     min(16, lim.max_experiment_passages), key="st_exp_n")
+        max_len = c10.number_input("Max tokens per passage", 8, max(8, lim.max_prompt_tokens),
+                                   min(64, lim.max_prompt_tokens), key="st_exp_len")
+        batch = c11.number_input("Batch size", 1, lim.max_experiment_batch_size,
+                                 min(8, lim.max_experiment_batch_size), key="st_exp_batch")
+        ss = SteerState.load()
+        texts = ss.take("passages", st.text_area(f"Passages (one per line, at most {lim.max_experiment_passages})",
+                                                 key=ss.bind("passages"), height=90))
+        # TODO(limits): the experiment's passage text has no own limit in info().limits; the
+        # request's text limit (max_text_chars) bounds the passages together here.
         submitted = st.form_submit_button("Run experiment")
     if submitted:
         try:
@@ -217,7 +255,15 @@ def experiment_tab(model, set_id: str, rows) -> None:
                 "live_percentile": float(percentile),
             }
             if corpus == "my passages":
-                data.update(corpus="texts", texts=[t for t in texts.splitlines() if t.strip()])
+                passages = [t for t in texts.splitlines() if not state.blank(t)]
+                if not passages:
+                    raise ValueError("Type at least one passage (one per line), or use the demo pack's corpus.")
+                if len(passages) > lim.max_experiment_passages:
+                    raise ValueError(f"{len(passages)} passages; the limit is {lim.max_experiment_passages}. "
+                                     "Remove some.")
+                if problem := state.too_long("The passages", texts, lim.max_text_chars):
+                    raise ValueError(problem)
+                data.update(corpus="texts", texts=passages)
             if source.startswith("auto"):
                 data["feature_source"] = "auto"
             else:
@@ -230,11 +276,13 @@ def experiment_tab(model, set_id: str, rows) -> None:
                 )
                 data.update(feature_source="list", features=listed)
             req = ExperimentRequest.model_validate(data)
-        except (ValueError, AttributeError) as exc:
-            st.warning(str(exc) if not isinstance(exc, AttributeError) else "Upload a CSV first.")
+        except ValidationError as exc:
+            state.warn(state.input_message(exc))
             return
-        with state.progress("Running the experiment…") as progress:
-            st.session_state["st_experiment"] = state.call(state.backend().experiment, req, progress=progress)
+        except (ValueError, AttributeError) as exc:
+            state.warn(str(exc) if not isinstance(exc, AttributeError) else "Upload a CSV first.")
+            return
+        st.session_state["st_experiment"] = state.run("Running the experiment…", state.backend().experiment, req)
     result = st.session_state.get("st_experiment")
     if result is not None:
         render_experiment(result, key="st_exp")
@@ -255,9 +303,15 @@ def main() -> None:
     rows_from = follow_link(sets, set_key, selection.sae_set)
     c1, c2 = st.columns([1, 3])
     set_id = c1.selectbox("Features from", list(sets), key=set_key, format_func=lambda s: sets[s])
-    prompt = c2.text_area("Prompt", key="st_prompt", height=80)
+    ss = SteerState.load()
+    if ss.prompt == DEFAULT_PROMPT and model.source == "demo":  # a prompt the pack's showcase feature fires on
+        ss.prompt = demo_defaults.steering_prompt(state.settings().demo_dir, DEFAULT_PROMPT)
+        st.session_state.pop(ss.key("prompt"), None)
+    prompt = ss.take("prompt", c2.text_area("Prompt", key=ss.bind("prompt"), height=80))
+    ss.save_url()
+    state.set_query_params(sae_set=set_id)  # the URL names the set steered, not the sidebar's
     st.markdown("**Interventions**")
-    rows = render_interventions(initial_rows(*rows_from), key="st_rows")
+    rows = render_interventions(initial_rows(*rows_from), key=f"st_rows::{st.session_state.get('st_rows_n', 0)}")
     settings = settings_inputs()
     tab_steer, tab_sweep, tab_exp = st.tabs(["Steer", "Alpha sweep", "Experiments"])
     with tab_steer:

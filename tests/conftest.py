@@ -24,6 +24,9 @@ for _name in list(os.environ):
 # The demo model's corpus store is built on first use from the pack's corpus: a few thousand tokens
 # are enough for the tests, whatever the size of the installed pack's corpus.
 os.environ["FEATURESCOPE_DEMO_STORE_MAX_TOKENS"] = "12000"
+# The app's background build of the demo stores at start-up would race the tests' own backend for
+# the same store files; tests build them on first use.
+os.environ["FEATURESCOPE_UI_PREBUILD_STORES"] = "0"
 
 import pytest  # noqa: E402
 

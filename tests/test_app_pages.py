@@ -39,10 +39,12 @@ def analysed(hf_cache):
     """The highlighter after analysing the XSS text with the demo model at layer 1."""
     at = app().run()
     assert not at.exception
-    at.text_area(key="hl_text").input(XSS)
-    at.selectbox(key="hl_layer::demo::res").select(1)
-    at.number_input(key="hl_k").set_value(4)
+    at.text_area(key="hl.text").input(XSS)
+    at.selectbox(key="hl.layer").select(1)
+    at.number_input(key="hl.k").set_value(4)
     at.button[0].click().run()
+    assert not at.exception, at.exception
+    at.toggle(key="hl_dense_on").set_value(False).run()  # every feature, dense ones too
     assert not at.exception, at.exception
     return at
 
@@ -73,6 +75,7 @@ def test_special_tokens_join_the_table_and_heatmap_when_asked(hf_cache, backend)
     at = app(model="demo", sae_set="res", text=text, layer="1", k="3").run()
     assert not at.exception, at.exception
     want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=3))
+    at.toggle(key="hl_dense_on").set_value(False).run()  # the rows of every feature, dense ones too
     assert 0 not in set(at.dataframe[0].value["pos"])
     (chart,) = at.get("plotly_chart")
     assert len(json.loads(chart.proto.spec)["data"][0]["x"]) == len(want.tokens) - 1
@@ -96,7 +99,7 @@ def test_shared_url_restores_text_and_selected_feature(hf_cache, backend):
     text = "Pick the layer one feature seven."
     at = app(model="demo", sae_set="res", text=text, feature="1:7", layer="1", k="3").run()
     assert not at.exception, at.exception
-    assert at.text_area(key="hl_text").value == text
+    assert at.text_area(key="hl.text").value == text
     data = token_view(at)
     assert data["selected"] == "1:7"
     want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=3,
@@ -110,9 +113,9 @@ def test_shared_url_restores_text_and_selected_feature(hf_cache, backend):
 
 def test_tracked_features_are_plotted(hf_cache):
     at = app().run()
-    at.text_area(key="hl_text").input("Track these tokens please")
-    at.radio(key="hl_mode").set_value("All layers")
-    at.text_input(key="hl_track").input("0:3, 1:5")
+    at.text_area(key="hl.text").input("Track these tokens please")
+    at.radio(key="hl.all_layers").set_value(True)
+    at.text_input(key="hl.track").input("0:3, 1:5")
     at.button[0].click().run()
     assert not at.exception, at.exception
     charts = at.get("plotly_chart")
@@ -122,17 +125,17 @@ def test_tracked_features_are_plotted(hf_cache):
 
 def test_bad_track_syntax_says_what_to_type(hf_cache):
     at = app().run()
-    at.text_input(key="hl_track").input("three")
+    at.text_input(key="hl.track").input("three")
     at.button[0].click().run()
-    assert any("layer:index" in w.proto.body for w in at.warning)
+    assert any("layer:index" in w.proto.body.replace("\\", "") for w in at.warning)
 
 
 def test_over_limit_text_is_refused_politely(hf_cache):
     at = app().run()
-    at.text_area(key="hl_text").input("token " * 1500)
+    at.text_area(key="hl.text").input("token " * 1500)
     at.button[0].click().run()
     assert not at.exception
-    assert any("the limit is" in w.proto.body for w in at.warning)
+    assert any("the limit is" in e.proto.body for e in at.error), "an error, shown as one"
 
 
 def test_system_page_reports_device_estimates_and_unloads(hf_cache):

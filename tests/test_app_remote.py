@@ -69,8 +69,8 @@ def test_pages_run_on_the_remote_service_when_it_is_chosen(remote_service, backe
     ]
 
     text = "Remote <b>tokens</b> too"
-    at.text_area(key="hl_text").input(text)
-    at.selectbox(key="hl_layer::demo::res").select(1)
+    at.text_area(key="hl.text").input(text)
+    at.selectbox(key="hl.layer").select(1)
     at.button[0].click().run()
     assert not at.exception, at.exception
     want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=text, layers=[1], k=10))
@@ -107,7 +107,7 @@ def test_a_visitor_without_the_password_sees_only_the_gate(hf_cache):
     at.text_input(key="gate_password").input("plasma-2024")
     at.button[0].click().run()
     assert not at.exception, at.exception
-    assert at.text_area(key="hl_text") is not None and at.button[0].label == "Analyse"
+    assert at.text_area(key="hl.text") is not None and at.button[0].label == "Analyse"
 
 
 def test_password_hash_from_secrets_and_a_closed_gate_without_any(hf_cache):
@@ -120,7 +120,7 @@ def test_password_hash_from_secrets_and_a_closed_gate_without_any(hf_cache):
     assert sees_only_the_gate(at)
     at.text_input(key="gate_password").input("s3cret")
     at.button[0].click().run()
-    assert at.text_area(key="hl_text") is not None
+    assert at.text_area(key="hl.text") is not None
     closed = gated(FEATURESCOPE_APP_AUTH="password").run()
     assert sees_only_the_gate(closed) and not closed.text_input
     assert any("FEATURESCOPE_APP_PASSWORD" in e.value for e in closed.error)
@@ -139,5 +139,5 @@ def test_oidc_gate_shows_login_until_an_allowed_user_is_logged_in(hf_cache):
     at = gated(**secrets)
     at.user = {"is_logged_in": True, "email": "ada@team.org"}
     at.run()
-    assert not at.exception and at.text_area(key="hl_text") is not None
+    assert not at.exception and at.text_area(key="hl.text") is not None
     assert any("ada@team.org" in c.value for c in at.sidebar.caption)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_compare_in_chromium(server, browser, output_dir):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(server, wait_until="domcontentloaded")
     page.get_by_role("link", name="Model compare").click()
-    sentences = page.get_by_label("Sentences (one per line)")
+    sentences = page.get_by_role("textbox", name=re.compile(r"^Sentences \(one per line"))
     sentences.wait_for(timeout=120_000)
     lines = sentences.input_value().splitlines() + [XSS]
     sentences.fill("\n".join(lines))

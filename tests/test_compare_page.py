@@ -60,9 +60,9 @@ def test_defaults_are_the_seed_example(compared):
     from components.compare_views import DEFAULT_SENTENCES, DEFAULT_TERMS
 
     assert compared.multiselect(key="cmp_models").value == ["demo", "gpt2-small"]
-    assert compared.text_area(key="cmp_sentences").value.splitlines() == DEFAULT_SENTENCES
+    assert compared.text_area(key="cmp.sentences").value.splitlines() == DEFAULT_SENTENCES
     assert DEFAULT_SENTENCES[0] == "The tokamak achieved H-mode"
-    assert compared.text_area(key="cmp_terms").value == ", ".join(DEFAULT_TERMS)
+    assert compared.text_area(key="cmp.terms").value == ", ".join(DEFAULT_TERMS)
     assert {"tokamak", "plasma", "confinement"} <= set(DEFAULT_TERMS)
     assert compared.query_params["models"] == "demo,gpt2-small"
 
@@ -124,6 +124,8 @@ def test_side_by_side_figures_equal_the_result(compared, want):
 
 
 def test_features_tables_link_to_neuronpedia(compared, want):
+    compared.toggle(key="cmp_dense_on").set_value(False).run()  # every feature, dense ones too
+    assert not compared.exception, compared.exception
     tables = frames(compared, "mean on terms")
     assert len(tables) == 2
     for table, m in zip(tables, want.models):
@@ -181,7 +183,7 @@ def test_shared_url_on_the_tiny_gpt2_escapes_tokens_and_shows_absent_terms(hf_ca
     assert list(side["GPT-2 small · bits"])[:2] == \
         [f"{s.mean_bits:.1f}" for s in want.models[0].term_summaries[:2]]
 
-    at.text_area(key="cmp_sentences").input("\n".join(f"Sentence {i}." for i in range(40)))
+    at.text_area(key="cmp.sentences").input("\n".join(f"Sentence {i}." for i in range(40)))
     at.button(key="cmp_run").click().run()
     assert not at.exception
-    assert any("The number of sentences is 40; the limit is 32" in w.proto.body for w in at.warning)
+    assert any("40 sentences; the limit is 32" in w.proto.body for w in at.warning), "checked before sending"

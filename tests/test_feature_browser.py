@@ -86,7 +86,7 @@ def test_a_graph_link_to_a_transcoder_feature_opens_it(hf_cache, backend):
 
 def test_an_edited_explanation_is_saved_and_shown(hf_cache, backend):
     at = browser(model="demo", sae_set="res", feature="0:21")
-    at.text_area(key="fb_dash_expl_text").input("Fires on <b>bold</b> claims")
+    at.text_area(key="fb_dash::res::0:21_expl_text").input("Fires on <b>bold</b> claims")
     next(b for b in at.button if b.label == "Save explanation").click().run()
     assert not at.exception, at.exception
     try:
@@ -100,10 +100,22 @@ def test_an_edited_explanation_is_saved_and_shown(hf_cache, backend):
 def test_search_by_text_lists_the_backends_hits(hf_cache, backend):
     at = browser(model="demo", sae_set="res")
     text = "Return the path as a string."
-    at.text_area(key="fb_search_text").input(text)
+    at.text_area(key="fb.search_text").input(text)
     next(b for b in at.button if b.label == "Search").click().run()
     assert not at.exception, at.exception
     want = backend.search(SearchRequest(model="demo", sae_set="res", mode="text", text=text, k=20))
+
+    def dense(h) -> bool:  # the pack's explanations say "(dense: fires on N% of tokens)" from 10%
+        m = re.search(r"dense: fires on (\d+)%", h.explanation or "")
+        return bool(m) and int(m.group(1)) >= 10
+
+    kept = [h for h in want.hits if not dense(h)]
+    frame = at.dataframe[0].value
+    assert list(frame["feature"]) == [f"{h.feature.layer}:{h.feature.index}" for h in kept], "dense hidden"
+    assert list(frame["score"]) == pytest.approx([h.score for h in kept], abs=1e-4)
+    if len(kept) < len(want.hits):
+        assert any(f"{len(want.hits) - len(kept)} dense feature(s) hidden" in c.proto.body for c in at.caption)
+    at.toggle(key="fb_dense_on").set_value(False).run()
     frame = at.dataframe[0].value
     assert list(frame["feature"]) == [f"{h.feature.layer}:{h.feature.index}" for h in want.hits]
     assert list(frame["score"]) == pytest.approx([h.score for h in want.hits], abs=1e-4)
@@ -131,7 +143,7 @@ def test_search_by_explanation_words_lists_matching_features(hf_cache, backend):
     backend.explanations.save("demo", "res", 1, 33, "Closing brackets of Python calls")
     try:
         at = browser(model="demo", sae_set="res")
-        at.text_input(key="fb_search_words").input("closing bracket")
+        at.text_input(key="fb.search_words").input("closing bracket")
         [b for b in at.button if b.label == "Search"][1].click().run()
         assert not at.exception, at.exception
         frame = at.dataframe[0].value

@@ -31,7 +31,7 @@ def frame_with(at, column: str):
 def steered(hf_cache):
     """The page opened from a 'Steer it' link (feature, no position) and run once."""
     at = steer_page(feature="1:7", prompt=PROMPT)
-    assert at.text_area(key="st_prompt").value == PROMPT
+    assert at.text_area(key="st.prompt").value == PROMPT
     at.button(key="st_run").click().run()
     assert not at.exception, at.exception
     return at
@@ -95,7 +95,7 @@ def test_a_graph_node_link_ablates_at_its_position(hf_cache, backend):
 
 
 def test_sweep_plots_cost_against_alpha(steered, backend):
-    steered.text_input(key="st_sweep_alphas").input("0, 1, 4")
+    steered.text_input(key="st.sweep_alphas").input("0, 1, 4")
     steered.button(key="st_sweep_run").click().run()
     assert not steered.exception, steered.exception
     want = backend.sweep(
@@ -133,7 +133,7 @@ def test_experiment_section_matches_the_backend(steered, backend):
     steered.multiselect(key="st_exp_layers").set_value([1])
     steered.radio(key="st_exp_source").set_value("the interventions above")
     steered.radio(key="st_exp_corpus").set_value("my passages")
-    steered.text_area(key="st_exp_texts").input("\n".join(texts))
+    steered.text_area(key="st.passages").input("\n".join(texts))
     steered.text_input(key="st_exp_alphas").input("0, 2")
     steered.number_input(key="st_exp_batch").set_value(2)
     (submit,) = [b for b in steered.button if b.label == "Run experiment"]

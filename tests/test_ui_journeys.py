@@ -1,0 +1,162 @@
+"""Issue 12's repros replayed in headless Chromium on the real app (one server for the module):
+errors are errors, the user's place is kept, links carry their context. Screenshots go to
+test-output/ (journey-*.png)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.servers import streamlit_server
+from tests.test_browser import browser  # noqa: F401  (the module's Chromium)
+
+LONG = 120_000  # ms: the first analysis loads the demo model
+
+
+@pytest.fixture(scope="module")
+def server(hf_cache):
+    with streamlit_server() as url:
+        yield url
+
+
+def query(page) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def errors(page) -> list[str]:
+    return page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+
+
+def warnings(page) -> list[str]:
+    return page.locator('[data-testid="stAlertContentWarning"]').all_inner_texts()
+
+
+def analyse(page, text: str) -> None:
+    area = page.get_by_label("Text", exact=True)
+    area.wait_for(timeout=LONG)
+    area.fill(text)
+    page.get_by_role("button", name="Analyse").click()
+
+
+def settled(page) -> None:
+    """Wait for the script run to finish (Streamlit shows a running indicator meanwhile)."""
+    page.wait_for_timeout(400)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=LONG)
+    page.wait_for_timeout(300)
+
+
+def test_errors_are_errors_and_input_is_checked_first(server, browser, output_dir):  # noqa: F811
+    """Repros 1, 4 and 10: over-limit text, a feature that does not exist, empty input and a
+    100,000-character field give visible errors or messages, never a 'done' over nothing."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(server, wait_until="domcontentloaded")
+    analyse(page, "word " * 4000)  # 20,000 characters: over the token limit
+    page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=LONG)
+    assert any("limit" in e for e in errors(page)), errors(page)
+    assert page.get_by_text("Analysing — failed").count() == 1
+    assert page.get_by_text("— done").count() == 0
+    page.screenshot(path=str(output_dir / "journey-error.png"), full_page=True)
+
+    analyse(page, "   ")  # blank: a friendly message, nothing sent
+    page.get_by_text("Type or paste some text to analyse.").wait_for(timeout=30_000)
+    assert "validation" not in page.locator("body").inner_text().lower()
+
+    page.get_by_label("Text", exact=True).fill("Plain words.")
+    page.get_by_label("Track features (layer:index, comma-separated)").fill("y" * 100_000)
+    page.get_by_role("button", name="Analyse").click()
+    page.locator('[data-testid="stAlertContentWarning"]').filter(has_text="Track features").wait_for(timeout=30_000)
+    shown = " ".join(warnings(page))
+    assert "Track features" in shown and "y" * 81 not in shown
+
+    page.goto(f"{server}/features?model=demo&sae_set=res&feature=1:99999", wait_until="domcontentloaded")
+    page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=LONG)
+    assert any("1:99999 does not exist" in e for e in errors(page)), errors(page)
+    page.screenshot(path=str(output_dir / "journey-no-such-feature.png"), full_page=True)
+
+
+def test_the_users_place_is_kept(server, browser, output_dir):  # noqa: F811
+    """Repros 6, 7 and 9: the layer picker follows the mode at once; typed text survives another
+    page and browser Back; a ticked table row does not jump to another feature on a new text."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server, wait_until="domcontentloaded")
+    page.get_by_label("Text", exact=True).wait_for(timeout=LONG)
+    layer = page.locator('[data-testid="stSelectbox"]').filter(has_text="Layer").last
+    settled(page)
+    page.get_by_text("All layers").click()
+    expect(layer.locator("input")).to_be_disabled(timeout=60_000)
+    settled(page)
+    page.get_by_text("One layer").click()
+    expect(layer.locator("input")).to_be_enabled(timeout=60_000)  # without pressing Analyse
+
+    mine = "Cats chase mice in the old barn every night."
+    analyse(page, mine)
+    page.locator(".fs-tok").first.wait_for(timeout=LONG)
+    settled(page)
+    # Tick row 3 of the per-token table: the feature of that row is selected.
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 12, box["y"] + 35 + 35 * 2 + 17)
+    page.wait_for_function("() => location.search.includes('feature=')", timeout=60_000)
+    settled(page)
+    picked = query(page)["feature"]
+    page.screenshot(path=str(output_dir / "journey-selected.png"), full_page=True)
+
+    analyse(page, "Dogs bark at the mail carrier.")
+    page.wait_for_function("() => location.search.includes('Dogs')", timeout=LONG)
+    settled(page)
+    assert query(page)["feature"] == picked, "the selection stays on its feature, not on row 3"
+
+    page.get_by_role("link", name="Steering").first.click()
+    page.get_by_role("textbox", name="Prompt").wait_for(timeout=LONG)
+    settled(page)
+    page.get_by_role("link", name="Text highlighter").first.click()
+    page.get_by_label("Text", exact=True).wait_for(timeout=LONG)
+    settled(page)
+    assert page.get_by_label("Text", exact=True).input_value() == "Dogs bark at the mail carrier."
+    # Browser Back, page by page, until the highlighter shows again: its text is the user's.
+    for _ in range(6):
+        page.go_back()
+        settled(page)
+        if urlparse(page.url).path.rstrip("/").endswith(("highlighter", "")) and \
+                page.get_by_label("Text", exact=True).count():
+            break
+    page.get_by_label("Text", exact=True).wait_for(timeout=LONG)
+    assert page.get_by_label("Text", exact=True).input_value() == "Dogs bark at the mail carrier."
+    page.screenshot(path=str(output_dir / "journey-kept.png"), full_page=True)
+
+
+def test_explanations_stay_with_their_feature_and_links_carry_context(server, browser, output_dir):  # noqa: F811
+    """Repro 2 (an explanation typed for 1:1636 does not follow Next →) and the links: the dashboard's
+    Steer it, the highlighter's Steer it with its text."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server}/features?model=demo&sae_set=res&feature=1:1636", wait_until="domcontentloaded")
+    editor = page.get_by_role("textbox", name="Your explanation")
+    editor.wait_for(timeout=LONG * 2)
+    editor.fill("typed for 1:1636")
+    page.get_by_role("button", name="Next →").click()
+    page.get_by_text("Feature 1:1637").wait_for(timeout=LONG)
+    settled(page)
+    assert page.get_by_role("textbox", name="Your explanation").input_value() != "typed for 1:1636"
+    steer = page.get_by_role("link", name="Steer it")
+    assert "feature=1%3A1637" in steer.get_attribute("href") or "feature=1:1637" in steer.get_attribute("href")
+    page.screenshot(path=str(output_dir / "journey-dashboard.png"), full_page=True)
+
+    text = "The river flows to the sea."
+    page.goto(f"{server}/?model=demo&sae_set=res&layer=1&feature=1:5&text={text.replace(' ', '+')}",
+              wait_until="domcontentloaded")
+    page.locator(".fs-tok").first.wait_for(timeout=LONG)
+    settled(page)
+    link = page.get_by_role("link", name="Steer it")
+    link.wait_for(timeout=LONG)
+    page.screenshot(path=str(output_dir / "journey-highlighter-link.png"), full_page=True)
+    link.click()
+    prompt = page.get_by_role("textbox", name="Prompt")
+    prompt.wait_for(timeout=LONG)
+    settled(page)
+    assert prompt.input_value() == text
+    assert query(page).get("feature") == "1:5" and query(page).get("sae_set") == "res"
+    page.screenshot(path=str(output_dir / "journey-steer-link.png"), full_page=True)
+    assert re.search(r"sae_set=res", page.url)
