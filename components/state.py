@@ -282,6 +282,11 @@ def run(label: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None
         return call(fn, *args, progress=update, **kwargs)
 
 
+def session_has(name: str, req: Any) -> bool:
+    """Whether `session_cached(name, ...)` holds the answer to `req` already."""
+    return req.model_dump_json() in st.session_state.get(f"{name}_cache", {})
+
+
 def session_cached(name: str, method: str, req: Any, label: str, *, size: int = 16,
                    refresh: bool = False) -> Any | None:
     """`backend().<method>(req)` with a progress box, its last `size` answers kept for this session

@@ -201,6 +201,25 @@ def try_your_text(model: ModelInfo, set_id: str, feature: tuple[int, int], resul
 def dashboard(req: FeatureRequest, refresh: bool = False) -> FeatureResult | None:
     return state.session_cached("fb", "feature", req, "Loading the feature…", size=32, refresh=refresh)
 
+
+def first_look(req: FeatureRequest) -> FeatureResult | None:
+    """The dashboard without waiting for a corpus store: the full answer when this session has it,
+    else what needs no store (explanation, logits), which comes at once even while the demo's store
+    is still being built."""
+    if state.session_has("fb", req):
+        return dashboard(req)
+    quick = dashboard(req.model_copy(update={"wait_for_store": False}), refresh=True)
+    if quick is None or quick.store_status == "pending":
+        return quick
+    return dashboard(req)  # the store is there: the full answer, cached for the next rerun
+
+
+def fill_in_examples(req: FeatureRequest) -> None:
+    """The store was pending: build it (or wait for the build under way) with progress under the
+    dashboard already shown, then show the full dashboard."""
+    if dashboard(req) is not None:
+        st.rerun()
+
 def main() -> None:
     selection = state.selection()
     if selection is None:
@@ -226,7 +245,7 @@ def main() -> None:
     write_url(sae_set=set_id, feature=f"{feature[0]}:{feature[1]}")
     req = FeatureRequest(feature=FeatureRef(model=model.id, sae_set=set_id, layer=feature[0], index=feature[1]),
                          n_examples=20, n_quantiles=5, examples_per_quantile=3, context_tokens=12)
-    result = dashboard(req)
+    result = first_look(req)
     if result is None:
         return
     steer = state.page("steer")
@@ -243,6 +262,8 @@ def main() -> None:
             st.toast("Explanation saved." if saved.explanation_source == "user" else "Your explanation was removed.")
             st.rerun()
     try_your_text(model, set_id, feature, result)
+    if result.store_status == "pending":
+        fill_in_examples(req)
 
 
 main()

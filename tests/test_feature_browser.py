@@ -151,3 +151,43 @@ def test_search_by_explanation_words_lists_matching_features(hf_cache, backend):
         assert list(frame["explanation"]) == ["Closing brackets of Python calls"]
     finally:
         backend.explanations.save("demo", "res", 1, 33, "")
+
+
+def test_a_dashboard_does_not_wait_for_a_store_being_built(backend):
+    """While another request builds the demo's store (its build lock held here), a dashboard asked not
+    to wait answers at once with the explanation and logits and says the store is pending; one that
+    waits relays the builder's progress and answers in full once the build is done."""
+    import threading
+
+    from backend.local.dashboard import stores
+
+    ref = FeatureRef(model="demo", sae_set="res", layer=1, index=7)
+    full = backend.feature(FeatureRequest(feature=ref, n_examples=3))  # builds the store if it is not there
+    assert full.store_status == "ready" and full.examples
+    reg = stores(backend.runtime)
+    path = reg.path("demo", "res")
+    lock = reg.build_lock(path)
+    assert lock.acquire(blocking=False)
+    relay = reg.report(path, lambda fraction, message: None)
+    relay(0.25, "Building the demo corpus store: 25%")
+    try:
+        quick = backend.feature(FeatureRequest(feature=ref, n_examples=3, wait_for_store=False))
+        assert quick.store_status == "pending" and not quick.examples and quick.density is None
+        assert quick.explanation == full.explanation
+        assert [e.id for e in quick.top_logits] == [e.id for e in full.top_logits]
+        assert any("being built" in n for n in quick.notes)
+
+        seen: list[tuple[float | None, str]] = []
+        answers: list = []
+        waiter = threading.Thread(target=lambda: answers.append(backend.feature(
+            FeatureRequest(feature=ref, n_examples=3), progress=lambda f, m: seen.append((f, m)))))
+        waiter.start()
+        waiter.join(timeout=2.0)
+        assert waiter.is_alive(), "a request that waits must wait for the build"
+    finally:
+        reg.done_building(path)
+        lock.release()
+    waiter.join(timeout=120)
+    assert (0.25, "Building the demo corpus store: 25%") in seen
+    assert answers and answers[0].store_status == "ready"
+    assert [e.max_activation for e in answers[0].examples] == [e.max_activation for e in full.examples]

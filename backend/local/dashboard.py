@@ -51,6 +51,7 @@ class StoreRegistry:
         self._lock = threading.Lock()
         self._open: dict[Path, tuple[tuple[int, int, int], CorpusStore]] = {}
         self._build_locks: dict[Path, threading.Lock] = {}
+        self._building: dict[Path, tuple[float | None, str]] = {}  # a build's last progress, for waiters
 
     def path(self, model: str, set_id: str) -> Path:
         return default_store_path(self.store_dir, model, set_id)
@@ -79,6 +80,31 @@ class StoreRegistry:
     def build_lock(self, path: Path) -> threading.Lock:
         with self._lock:
             return self._build_locks.setdefault(path, threading.Lock())
+
+    def report(self, path: Path, progress: Progress) -> Progress:
+        """`progress`, also recorded as the build's latest state so that waiting requests can show it."""
+
+        def relay(fraction: float | None, message: str) -> None:
+            self._building[path] = (fraction, message)
+            progress(fraction, message)
+
+        return relay
+
+    def done_building(self, path: Path) -> None:
+        self._building.pop(path, None)
+
+    def acquire_build(self, path: Path, wait: bool, progress: Progress) -> bool:
+        """Take the build lock of `path`. With `wait`, block until it is free, relaying the progress
+        of the build that holds it; without, answer False at once when another request is building."""
+        lock = self.build_lock(path)
+        if lock.acquire(blocking=False):
+            return True
+        if not wait:
+            return False
+        while not lock.acquire(timeout=0.5):
+            fraction, message = self._building.get(path, (None, "Waiting for the corpus store being built…"))
+            progress(fraction, message)
+        return True
 
 
 def stores(rt: Runtime) -> StoreRegistry:
@@ -110,38 +136,61 @@ def _demo_store(backend: Any, entry: Any, dset: sets.DictionarySet, path: Path, 
         return None
     opts = BuildOptions(model=entry.id, sae_set=dset.id, source=SourceSpec(str(corpus)), out=path,
                         max_tokens=backend.settings.demo_store_max_tokens)
-    progress(None, f"Building the demo corpus store for {dset.display_name} (first use)…")
-    return build_store(opts, backend=backend, progress=progress)
+    reg = stores(backend)
+    relay = reg.report(path, progress)
+    relay(None, f"Building the demo corpus store for {dset.display_name} (first use)…")
+    try:
+        return build_store(opts, backend=backend, progress=relay)
+    finally:
+        reg.done_building(path)
+
+
+PENDING_NOTE = ("The corpus store of this set is being built (first use); examples and corpus statistics "
+                "follow when it is ready.")
 
 
 def open_store(backend: Any, entry: Any, dset: sets.DictionarySet, layer: int, dictionary: Any, model: Any,
-               progress: Progress, notes: list[str]) -> CorpusStore | None:
-    """The checked store of (model, set), building the demo's on first use (or when it is stale)."""
+               progress: Progress, notes: list[str], wait: bool = True) -> tuple[CorpusStore | None, str]:
+    """The checked store of (model, set) and its status ('ready', 'pending' or 'absent'), building the
+    demo's on first use (or when it is stale). Without `wait`, a store that is missing or being built
+    answers 'pending' at once instead of being built or waited for."""
     reg = stores(backend)
     path = reg.path(entry.id, dset.id)
-    with reg.build_lock(path):
+    if not reg.acquire_build(path, wait, progress):
+        notes.append(PENDING_NOTE)
+        return None, "pending"
+    try:
         if not path.exists():
             if entry.source != "demo":
                 notes.append(f"No corpus store for {entry.id}/{dset.id} yet, so no examples or statistics. Build one: "
                              f"python -m backend.corpus build --model {entry.id} --sae-set {dset.id} "
                              "--source CORPUS (a .txt/.jsonl/.csv/.parquet file or a dataset name).")
-                return None
-            if _demo_store(backend, entry, dset, path, progress) is None:
+                return None, "absent"
+            if backend.pack().corpus_path() is None:
                 notes.append("The demo pack has no corpus, so there are no examples.")
-                return None
+                return None, "absent"
+            if not wait:
+                notes.append(PENDING_NOTE)
+                return None, "pending"
+            _demo_store(backend, entry, dset, path, progress)
         store = reg.open(path)
         try:
             check_store(store, entry.id, dset, layer, dictionary, model)
         except StoreError as exc:
             if entry.source != "demo" or not exc.details.get("stale"):
                 raise
+            if not wait:
+                notes.append(PENDING_NOTE)
+                return None, "pending"
             reg.forget(path)
             path.unlink()
             _demo_store(backend, entry, dset, path, progress)
             store = reg.open(path)
             check_store(store, entry.id, dset, layer, dictionary, model)
             notes.append("The demo pack changed since its corpus store was built; the store was rebuilt.")
-        return store
+        return store, "ready"
+    finally:
+        reg.build_lock(path).release()
 
 
 def _logits(model: Any, dictionary: Any, index: int, n: int) -> tuple[list[LogitEntry], list[LogitEntry]]:
@@ -198,7 +247,9 @@ def feature(backend: Any, req: FeatureRequest, progress: Progress | None = None)
         label=loaded.label, explanation=explanation, explanation_source=source, top_logits=top,
         bottom_logits=bottom, neuronpedia_url=dset.neuronpedia_url(ref.layer, ref.index))
     notes: list[str] = []
-    store = open_store(backend, entry, dset, ref.layer, dictionary, model, progress, notes)
+    store, status = open_store(backend, entry, dset, ref.layer, dictionary, model, progress, notes,
+                               wait=req.wait_for_store)
+    result["store_status"] = status
     if store is not None:
         view = store.layer(ref.layer)
         f = ref.index

@@ -18,6 +18,9 @@ class FeatureRequest(Request):
     examples_per_quantile: int = Field(3, ge=0)
     context_tokens: int = Field(16, ge=0, description="Tokens of context on each side.")
     n_logits: int = Field(10, ge=0, description="Top positive and negative logits.")
+    wait_for_store: bool = Field(True, description="False: answer at once with what needs no corpus store "
+                                 "(explanation, logits) while the store is missing or being built; "
+                                 "store_status then says 'pending'. True: build or wait for it.")
 
 
 class Sampling(Result):
@@ -88,6 +91,9 @@ class FeatureResult(Result):
     sampling: Sampling | None = Field(None, description="How density, max, mean and histogram were obtained.")
     examples_sampling: Sampling | None = None
     quantiles_sampling: Sampling | None = None
+    store_status: Literal["ready", "pending", "absent"] | None = Field(
+        None, description="'ready': examples and statistics come from the store; 'pending': it is being "
+        "built (ask again with wait_for_store); 'absent': there is none for this set.")
     notes: list[str] = Field(default_factory=list, description="E.g. how to build a missing store.")
     elapsed_ms: float = 0.0
 
