@@ -102,6 +102,20 @@ def test_graph_json_validates_against_circuit_tracers_models(generated, backend)
     assert result.n_feature_nodes == min(BUDGET, result.n_active_features)
 
 
+def test_scores_equal_circuit_tracers_own_scoring(generated, reference):
+    """The file's replacement and completeness scores are circuit-tracer's `compute_graph_scores` of
+    the same graph, built independently by the `reference` fixture."""
+    from circuit_tracer.graph import compute_graph_scores
+
+    result, _ = generated
+    graph = reference[0]
+    replacement, completeness = compute_graph_scores(graph)
+    scores = result.graph["metadata"]["scores"]
+    assert scores["replacement_score"] == pytest.approx(replacement, rel=1e-5, abs=1e-6)
+    assert scores["completeness_score"] == pytest.approx(completeness, rel=1e-5, abs=1e-6)
+    assert 0.0 < scores["replacement_score"] <= 1.0 and 0.0 < scores["completeness_score"] <= 1.0
+
+
 def test_every_edge_equals_circuit_tracers_pruned_adjacency(generated, reference):
     result, _ = generated
     graph, node_mask, edge_mask, _ = reference

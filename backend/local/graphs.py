@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 GB = compute.GB
 FEATURE_TYPE = "cross layer transcoder"
 KEY_VERSION = 1
+JSON_VERSION = 2  # of the graph JSON we write (2: metadata.scores); older cached results are rebuilt
 
 
 def default_slug(model_id: str, prompt: str, key: str) -> str:
@@ -130,7 +131,7 @@ class GraphEngine:
                "device": self.b.device, "prompt": req.prompt, "max_n_logits": req.max_n_logits,
                "desired_logit_prob": req.desired_logit_prob, "max_feature_nodes": req.max_feature_nodes}
         return cache_key(raw), cache_key({**raw, "node_threshold": req.node_threshold,
-                                          "edge_threshold": req.edge_threshold})
+                                          "edge_threshold": req.edge_threshold, "json": JSON_VERSION})
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
