@@ -4,8 +4,8 @@ x is the token position, y the layer: embeddings at the bottom, logits on top. T
 screen pixels (`layout`): each position's column is as wide as its busiest cell needs, each layer's
 band as tall as its busiest cell needs, and the nodes of one (position, layer) cell sit on a grid of
 slots inside it, most influential first, so no two markers are ever drawn on top of each other (a
-marker is smaller than its slot). The figure is drawn at exactly that size, so a plot pixel is a
-layout pixel. Logit nodes carry their token and probability beside them; position labels are the
+marker is smaller than its slot). The figure asks for exactly that size, so a plot pixel is a
+layout pixel (or, in a narrower column, markers keep a gap down to 75% of that size). Logit nodes carry their token and probability beside them; position labels are the
 tokens, horizontal, elided to their column (the full token on hover below the axis).
 
 Only the display-pruned graph (`components.graph_display`) is sent to the browser, so a 5,000-node
@@ -35,10 +35,12 @@ KIND_COLOUR = {FEATURE: "#7b61c2", ERROR: "#9e9e9e", EMBEDDING: "#3d3d3d", LOGIT
 KIND_SYMBOL = {FEATURE: 0, ERROR: 1, EMBEDDING: 2, LOGIT: 5}
 POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800"
 
-PLOT_WIDTH = 1000  # px of the plot area (the page's wide layout leaves about this beside the sidebar)
+PLOT_WIDTH = 880  # px of the plot area (the figure is 946 px; the page's wide layout leaves about that
+# beside the sidebar on a 1,500 px window, and Streamlit narrows a figure wider than its column)
 MAX_PLOT_HEIGHT = 2400  # px; beyond it markers get smaller before the figure grows further
 SLOTS = (18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 4)  # px between node centres, largest that fits wins
-MARKER_SHARE = 0.8  # a marker's largest diameter, as a share of its slot: markers never touch
+MARKER_SHARE = 0.7  # a marker's largest diameter, as a share of its slot: markers never touch, even when
+# Streamlit narrows the figure to 75% of its width (a column of 710 px: a 1,280 px window with the sidebar)
 LOGIT_LABEL_ROOM = 150  # px right of the last column for the logit labels
 LABEL_CHARS = 24  # longest logit label, in characters
 CHAR_PX = 7.0  # width of one tick-label character at plotly's default 12 px font
