@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,14 +38,15 @@ POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800
 
 PLOT_WIDTH = 880  # px of the plot area (the figure is 946 px; the page's wide layout leaves about that
 # beside the sidebar on a 1,500 px window, and Streamlit narrows a figure wider than its column)
-MAX_PLOT_HEIGHT = 2400  # px; beyond it markers get smaller before the figure grows further
+COMFORTABLE_HEIGHT = 1400  # px: markers get smaller (down to the smallest slot) to stay within this
+MAX_PLOT_HEIGHT = 2400  # px; else the biggest markers within this; else the figure grows taller
 SLOTS = (18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 4)  # px between node centres, largest that fits wins
 MARKER_SHARE = 0.7  # a marker's largest diameter, as a share of its slot: markers never touch, even when
 # Streamlit narrows the figure to 75% of its width (a column of 710 px: a 1,280 px window with the sidebar)
 LOGIT_LABEL_ROOM = 150  # px right of the last column for the logit labels
 LABEL_CHARS = 24  # longest logit label, in characters
 CHAR_PX = 7.0  # width of one tick-label character at plotly's default 12 px font
-MARGIN = {"l": 56, "r": 10, "t": 30, "b": 40}
+MARGIN = {"l": 56, "r": 10, "t": 56, "b": 40}
 
 
 def plot_escape(text: str) -> str:
@@ -140,14 +142,15 @@ def layout(graph: DisplayGraph, width: float = PLOT_WIDTH, max_height: float = M
     n_pos = max(len(graph.tokens), max((n.pos + 1 for n in graph.nodes), default=1), 1)
     cells, counts = _cell_counts(graph, n_pos)
     room = width - LOGIT_LABEL_ROOM
-    chosen = None
+    fits = []  # (slot, columns, rows, height) for every slot size whose columns fit the width
     for slot in SLOTS:
         grid = _grid(counts, slot, room)
-        if grid is None:
-            continue
-        chosen = (slot, *grid)
-        if (grid[1] * slot + gap_of(slot)).sum() <= max_height:
-            break
+        if grid is not None:
+            fits.append((slot, *grid, float((grid[1] * slot + gap_of(slot)).sum())))
+    # the biggest markers that keep the figure about a screen tall, else within max_height, else the
+    # smallest markers (a graph that big grows taller)
+    chosen = next((f[:3] for f in fits if f[3] <= COMFORTABLE_HEIGHT), None) or next(
+        (f[:3] for f in fits if f[3] <= max_height), None) or (fits[-1][:3] if fits else None)
     if chosen is None:  # more positions than fit: the figure grows wider than `width`
         slot = SLOTS[-1]
         chosen = (slot, *_grid(counts, slot, n_pos * (slot + gap_of(slot)) + room))  # type: ignore[misc]
@@ -240,7 +243,7 @@ def hover_text(n: DisplayNode, tokens: list[str]) -> str:
 
 
 def _marker_sizes(nodes: list[DisplayNode], size_by: str, biggest: float) -> np.ndarray:
-    """Diameters between 60% and 100% of `biggest` (the layout's marker size)."""
+    """Diameters between 75% and 100% of `biggest` (the layout's marker size)."""
     if size_by == "activation":
         top = max((abs(n.activation) for n in nodes if n.activation is not None), default=0.0) or 1.0
         share = [abs(n.activation) / top if n.activation is not None else 0.3 for n in nodes]
@@ -248,7 +251,7 @@ def _marker_sizes(nodes: list[DisplayNode], size_by: str, biggest: float) -> np.
         share = [1.0] * len(nodes)
     else:
         share = [importance(n) for n in nodes]
-    return np.array([biggest * (0.6 + 0.4 * s) for s in share], dtype=np.float32)
+    return np.array([biggest * (0.75 + 0.25 * s) for s in share], dtype=np.float32)
 
 
 def _marker_colours(nodes: list[DisplayNode], colour_by: str) -> dict[str, Any]:
@@ -261,7 +264,9 @@ def _marker_colours(nodes: list[DisplayNode], colour_by: str) -> dict[str, Any]:
         values = [importance(n) for n in nodes]
         title = "influence"
     return {"color": np.array(values, dtype=np.float32), "colorscale": "Viridis", "showscale": True,
-            "colorbar": {"title": {"text": title}, "thickness": 10}}
+            # horizontal, above the plot: a colorbar at the side would narrow the plot area
+            "colorbar": {"title": {"text": title, "side": "top"}, "thickness": 8, "len": 0.25, "orientation": "h",
+                         "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}}
 
 
 def _segments(segments: list[tuple[float, float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +333,7 @@ def graph_figure(graph: DisplayGraph, *, selected: str | None = None, colour_by:
             x=[pos[i][0] + lay.slot * 0.6 for i in ids], y=[pos[i][1] for i in ids], mode="text",
             text=[plot_escape(lay.labels[i]) for i in ids], textposition="middle right",
             textfont={"size": 11}, hoverinfo="skip", name="logit labels", showlegend=False))
-    rings = [n for n in nodes if n.pinned or n.id == selected]
+    rings = [n for n in nodes if n.pinned and n.id != selected] + [n for n in nodes if n.id == selected]
     if rings:
         fig.add_trace(go.Scattergl(
             x=[pos[n.id][0] for n in rings], y=[pos[n.id][1] for n in rings], mode="markers",
@@ -361,13 +366,9 @@ def graph_figure(graph: DisplayGraph, *, selected: str | None = None, colour_by:
     return fig
 
 
-def render_graph_view(graph: DisplayGraph, *, key: str, selected: str | None, colour_by: str,
-                      size_by: str) -> str | None:
-    """Draw the graph; returns the id of a node the user clicked (None otherwise)."""
-    fig = graph_figure(graph, selected=selected, colour_by=colour_by, size_by=size_by)
-    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points", width="content",
-                            config={"scrollZoom": True, "displaylogo": False})
-    points = (getattr(event, "selection", None) or {}).get("points", []) if event is not None else []
+def picked_node(event: Any) -> str | None:
+    """The node id of a chart selection event (the first point that carries one)."""
+    points = ((event or {}).get("selection") or {}).get("points") or []
     for point in points:
         data = point.get("customdata")
         if isinstance(data, list):
@@ -375,3 +376,18 @@ def render_graph_view(graph: DisplayGraph, *, key: str, selected: str | None, co
         if isinstance(data, str):
             return data
     return None
+
+
+def render_graph_view(graph: DisplayGraph, *, key: str, selected: str | None, colour_by: str,
+                      size_by: str, on_pick: Callable[[str], None]) -> None:
+    """Draw the graph; a click on a node calls `on_pick(node id)` before the rerun it causes, so the
+    rerun already shows the selection."""
+    fig = graph_figure(graph, selected=selected, colour_by=colour_by, size_by=size_by)
+
+    def picked() -> None:
+        node = picked_node(st.session_state.get(key))
+        if node is not None:
+            on_pick(node)
+
+    st.plotly_chart(fig, key=key, on_select=picked, selection_mode="points", width="content",
+                    config={"scrollZoom": True, "displaylogo": False})
