@@ -38,7 +38,8 @@ POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800
 
 PLOT_WIDTH = 880  # px of the plot area (the figure is 946 px; the page's wide layout leaves about that
 # beside the sidebar on a 1,500 px window, and Streamlit narrows a figure wider than its column)
-COMFORTABLE_HEIGHT = 1400  # px: markers get smaller (down to the smallest slot) to stay within this
+COMFORTABLE_BAND = 110  # px per layer band: markers get smaller (to the smallest slot) to stay within it,
+# so a busy cell spreads sideways rather than into a tall stripe
 MAX_PLOT_HEIGHT = 2400  # px; else the biggest markers within this; else the figure grows taller
 SLOTS = (18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 4)  # px between node centres, largest that fits wins
 MARKER_SHARE = 0.7  # a marker's largest diameter, as a share of its slot: markers never touch, even when
@@ -85,6 +86,7 @@ class Layout:
 
     xy: dict[str, tuple[float, float]]
     slot: float  # px between neighbouring node centres (at least)
+    gap: float  # px between two columns
     marker: float  # the largest marker diameter, px (< slot)
     width: float  # plot area, px
     height: float
@@ -147,9 +149,10 @@ def layout(graph: DisplayGraph, width: float = PLOT_WIDTH, max_height: float = M
         grid = _grid(counts, slot, room)
         if grid is not None:
             fits.append((slot, *grid, float((grid[1] * slot + gap_of(slot)).sum())))
-    # the biggest markers that keep the figure about a screen tall, else within max_height, else the
-    # smallest markers (a graph that big grows taller)
-    chosen = next((f[:3] for f in fits if f[3] <= COMFORTABLE_HEIGHT), None) or next(
+    # the biggest markers that keep every band about COMFORTABLE_BAND tall, else the figure within
+    # max_height, else the smallest markers (a graph that big grows taller)
+    comfortable = max(COMFORTABLE_BAND * counts.shape[1], 400.0)
+    chosen = next((f[:3] for f in fits if f[3] <= comfortable), None) or next(
         (f[:3] for f in fits if f[3] <= max_height), None) or (fits[-1][:3] if fits else None)
     if chosen is None:  # more positions than fit: the figure grows wider than `width`
         slot = SLOTS[-1]
@@ -189,16 +192,24 @@ def layout(graph: DisplayGraph, width: float = PLOT_WIDTH, max_height: float = M
             xy[n.id] = (round(x0 + k * slot, 2), round(y0 - r * slot, 2))
             if n.kind == LOGIT:
                 labels[n.id] = logit_label(n)
-    return Layout(xy=xy, slot=float(slot), marker=MARKER_SHARE * slot, width=float(plot_w), height=float(y),
+    return Layout(xy=xy, slot=float(slot), gap=float(gap), marker=MARKER_SHARE * slot, width=float(plot_w), height=float(y),
                   columns=columns, bands=bands, labels=labels)
 
 
 def position_labels(graph: DisplayGraph, lay: Layout) -> list[str]:
-    """The x-axis labels: each position's token, elided to its column's width."""
+    """The x-axis labels: each position's token, elided to its column's width; where columns are
+    too narrow for three characters, every k-th position is labelled with the room of k columns
+    (the full token of every position shows on hover just below the axis)."""
+    widths = [right - left + lay.gap for left, right in lay.columns]
+    narrow = min(widths, default=0.0)
+    stride = 1 if narrow >= 3 * CHAR_PX else math.ceil(3 * CHAR_PX / max(narrow, 1.0))
     out = []
-    for p, (left, right) in enumerate(lay.columns):
+    for p, w in enumerate(widths):
+        if stride > 1 and p % stride and p != len(widths) - 1:
+            out.append("")
+            continue
         tok = visible(graph.tokens[p]) if p < len(graph.tokens) else "?"
-        out.append(elide(tok, int((right - left + lay.slot) / CHAR_PX)))
+        out.append(elide(tok, int(w * stride / CHAR_PX) if stride > 1 else int(w / CHAR_PX)))
     return out
 
 

@@ -131,6 +131,7 @@ def test_logit_and_embedding_nodes_have_their_labels(n_nodes, n_pos, n_logits):
     assert all(x > where[logits[0]["node_id"]][0] for x in labels.x), "labels to the right of the nodes"
     # embeddings: the position's tick right under each, showing its token (elided to the column)
     ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
+    (positions,) = traces(fig, "positions")
     tokens = raw["metadata"]["prompt_tokens"]
     for n in raw["nodes"]:
         if n["feature_type"] == "embedding":
@@ -140,7 +141,12 @@ def test_logit_and_embedding_nodes_have_their_labels(n_nodes, n_pos, n_logits):
             text = ticks[tick_x]
             full = tokens[n["ctx_idx"]].replace(" ", "·").replace("&", "&amp;").replace("<", "&lt;")
             full = full.replace(">", "&gt;")
-            assert text and (text == full or (text.endswith("…") and full.startswith(text[:-1].rstrip("&;"))))
+            (hover,) = [h for h in positions.hovertext if h.startswith(f"position {n['ctx_idx']}: ")]
+            assert hover == f"position {n['ctx_idx']}: {full}", "the full token shows on hover"
+            if text:  # too narrow a column is labelled by a neighbour's wider label instead
+                assert text == full or (text.endswith("…") and full.startswith(text[:-1].rstrip("&;")))
+    labelled = [t for t in fig.layout.xaxis.ticktext if t]
+    assert len(labelled) >= len(tokens) / 3 and fig.layout.xaxis.ticktext[-1], "most positions are labelled"
     assert fig.layout.xaxis.tickangle == 0, "position labels are horizontal"
 
 
