@@ -187,6 +187,7 @@ def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str], sup
     if c3.button("Clear pins", key="graph_clear_pins"):
         pinned.clear()
         supernodes.clear()
+        st.session_state["graph_chart_gen"] = st.session_state.get("graph_chart_gen", 0) + 1  # see pages/graph.py
         st.rerun()
     for i, sn in enumerate(supernodes):
         cols = st.columns([5, 1])

@@ -34,7 +34,15 @@ def select(node_id: str | None, *, from_picker: bool = False) -> None:
     S["graph_clicked"] = node_id
     if not from_picker:
         S["graph_node_pick"] = node_id
+    else:
+        new_chart()
     state.set_query_params(node=node_id)
+
+
+def new_chart() -> None:
+    """Draw the chart as a new widget after a change made outside it (a pin, the picker): Streamlit
+    drops the first click on a chart whose figure changed while it held an older selection."""
+    S["graph_chart_gen"] = S.get("graph_chart_gen", 0) + 1
 
 
 def render_scores(meta: dict[str, Any]) -> None:
@@ -84,7 +92,9 @@ def viewer(doc: dict[str, Any]) -> None:
         notes.append(f"{len(graph.duplicate_ids)} node id(s) repeat in this file; their edges go to the "
                      "first.")
     st.caption(" ".join(notes))
-    render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}", selected=S.get("graph_clicked"),
+    view = f"{S.get('graph_chart_gen', 0)}_{nt}_{et}_{colour_by}_{size_by}"  # a new widget per view
+    render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}_{view}",
+                      selected=S.get("graph_clicked"),
                       colour_by=colour_by, size_by=size_by, on_pick=select)
     by_id = {n.id: n for n in graph.nodes}
     options = [None, *by_id]
@@ -109,6 +119,7 @@ def viewer(doc: dict[str, Any]) -> None:
             pinned.remove(node_id)
         else:
             pinned.append(node_id)
+        new_chart()
         st.rerun()
 
     if S.get("graph_clicked"):
