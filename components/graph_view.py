@@ -38,6 +38,7 @@ POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800
 
 PLOT_WIDTH = 880  # px of the plot area (the figure is 946 px; the page's wide layout leaves about that
 # beside the sidebar on a 1,500 px window, and Streamlit narrows a figure wider than its column)
+SPREAD_ROWS, SPREAD_MIN_SLOT = 4, 7
 COMFORTABLE_BAND = 110  # px per layer band: markers get smaller (to the smallest slot) to stay within it,
 # so a busy cell spreads sideways rather than into a tall stripe
 MAX_PLOT_HEIGHT = 2400  # px; else the biggest markers within this; else the figure grows taller
@@ -149,10 +150,12 @@ def layout(graph: DisplayGraph, width: float = PLOT_WIDTH, max_height: float = M
         grid = _grid(counts, slot, room)
         if grid is not None:
             fits.append((slot, *grid, float((grid[1] * slot + gap_of(slot)).sum())))
-    # the biggest markers that keep every band about COMFORTABLE_BAND tall, else the figure within
+    # the biggest markers (of at least SPREAD_MIN_SLOT) with cells at most SPREAD_ROWS rows tall, so a
+    # busy position spreads sideways; else those that keep every band about COMFORTABLE_BAND tall, else within
     # max_height, else the smallest markers (a graph that big grows taller)
     comfortable = max(COMFORTABLE_BAND * counts.shape[1], 400.0)
-    chosen = next((f[:3] for f in fits if f[3] <= comfortable), None) or next(
+    spread = next((f[:3] for f in fits if f[0] >= SPREAD_MIN_SLOT and f[2][:-1].max() <= SPREAD_ROWS), None)
+    chosen = spread or next((f[:3] for f in fits if f[3] <= comfortable), None) or next(
         (f[:3] for f in fits if f[3] <= max_height), None) or (fits[-1][:3] if fits else None)
     if chosen is None:  # more positions than fit: the figure grows wider than `width`
         slot = SLOTS[-1]
