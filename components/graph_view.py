@@ -39,6 +39,8 @@ POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800
 PLOT_WIDTH = 880  # px of the plot area (the figure is 946 px; the page's wide layout leaves about that
 # beside the sidebar on a 1,500 px window, and Streamlit narrows a figure wider than its column)
 SPREAD_ROWS, SPREAD_MIN_SLOT = 4, 7
+MIN_BAND = 28.0  # px: the least height of a layer band, so the layers read as rows
+LABEL_PITCH = 13.0  # px between logit nodes, whose labels sit beside them
 COMFORTABLE_BAND = 110  # px per layer band: markers get smaller (to the smallest slot) to stay within it,
 # so a busy cell spreads sideways rather than into a tall stripe
 MAX_PLOT_HEIGHT = 2400  # px; else the biggest markers within this; else the figure grows taller
@@ -175,10 +177,13 @@ def layout(graph: DisplayGraph, width: float = PLOT_WIDTH, max_height: float = M
         columns.append((float(x), float(x + w)))
         x += w + gap
     plot_w = x - gap / 2 + LOGIT_LABEL_ROOM
+    pitch = {r - 1: float(slot) for r in range(len(rows))}  # row pitch per band
+    pitch[graph.n_layers] = max(float(slot), LABEL_PITCH)  # logits: their labels must not overlap
     bands, y = {}, gap / 2
     for r, n_rows in enumerate(rows):
-        bands[r - 1] = (float(y), float(y + n_rows * slot))
-        y += n_rows * slot + gap
+        height = max(n_rows * pitch[r - 1], MIN_BAND)
+        bands[r - 1] = (float(y), float(y + height))
+        y += height + gap
     xy: dict[str, tuple[float, float]] = {}
     labels: dict[str, str] = {}
     for (p, layer), members in cells.items():
@@ -187,12 +192,13 @@ def layout(graph: DisplayGraph, width: float = PLOT_WIDTH, max_height: float = M
         bottom, top = bands[layer]
         c = 1 if layer == graph.n_layers else int(cols[p])
         used_rows = math.ceil(len(members) / c)
-        y0 = (bottom + top) / 2 + (used_rows - 1) * slot / 2  # the first row on top, centred in the band
+        dy = pitch[layer]
+        y0 = (bottom + top) / 2 + (used_rows - 1) * dy / 2  # the first row on top, centred in the band
         for i, n in enumerate(members):
             r, k = divmod(i, c)
             in_row = min(c, len(members) - r * c)
             x0 = (left + right) / 2 - (in_row - 1) * slot / 2
-            xy[n.id] = (round(x0 + k * slot, 2), round(y0 - r * slot, 2))
+            xy[n.id] = (round(x0 + k * slot, 2), round(y0 - r * dy, 2))
             if n.kind == LOGIT:
                 labels[n.id] = logit_label(n)
     return Layout(xy=xy, slot=float(slot), gap=float(gap), marker=MARKER_SHARE * slot, width=float(plot_w), height=float(y),
