@@ -144,14 +144,24 @@ def parse_graph(data: bytes | str | dict[str, Any], *, name: str = "the file") -
     return graph.model_dump()
 
 
+def shown(text: str, chars: int = 80) -> str:
+    """User input as a message may echo it: at most `chars` characters."""
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
 def read_graph_file(path: str | Path) -> dict[str, Any]:
     """A graph JSON (.json or .json.gz) from a path on this machine."""
-    p = Path(path).expanduser()
-    if not (p.name.endswith(".json") or p.name.endswith(".json.gz")):
-        raise InvalidRequest(f"{p.name} is not a .json or .json.gz file. Give the path of a graph file.")
-    if not p.is_file():
-        raise NotFound(f"No graph file at {p}. Give the path of a .json or .json.gz graph file.")
-    return parse_graph(p.read_bytes(), name=p.name)
+    try:
+        p = Path(path).expanduser()
+        name_ok = p.name.endswith(".json") or p.name.endswith(".json.gz")
+        is_file = name_ok and p.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        raise InvalidRequest(f"{shown(str(path))} is not a usable path. Give the path of a graph file.") from None
+    if not name_ok:
+        raise InvalidRequest(f"{shown(p.name)} is not a .json or .json.gz file. Give the path of a graph file.")
+    if not is_file:
+        raise NotFound(f"No graph file at {shown(str(p))}. Give the path of a .json or .json.gz graph file.")
+    return parse_graph(p.read_bytes(), name=shown(p.name))
 
 
 def graph_bytes(doc: dict[str, Any], *, compress: bool = False) -> bytes:

@@ -6,7 +6,7 @@ set by pages/graph.py, and is written into the graph JSON's qParams when saved.
 
 from __future__ import annotations
 
-import html
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +24,45 @@ from components.graph_display import (
     to_display_node,
 )
 from backend.graphfile import graph_bytes, safe_file_name, with_view_state
-from backend.schemas import GraphEstimate
+from backend.schemas import FeatureRef, FeatureRequest, GraphEstimate
 from components import state
-from components.graph_view import node_title
-from components.text import plot_label, visible
+from components.feature_dashboard import render_examples, render_logits
+from components.graph_steer import render_subgraph_steering
+from components.graph_view import node_title, plot_escape
+from components.text import visible
 
 MAX_SUBGRAPH_EDGES = 300  # the strongest edges between pinned groups that are drawn
+DETAIL_EXAMPLES = 5  # top activating corpus examples shown for the selected feature
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=])")
+
+
+def md_literal(text: str) -> str:
+    """`text` for st.markdown, shown as written: every markdown (and Streamlit directive) character
+    backslash-escaped, so a slug such as `[x](https://…)` stays text, not a link."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def graph_prompt(doc: dict[str, Any]) -> str:
+    """The prompt the graph was made from, without the special token circuit-tracer puts first
+    (steering adds its own), so positions on the steering page are the graph's positions."""
+    meta = doc["metadata"]
+    prompt = str(meta.get("prompt") or "")
+    tokens = meta.get("prompt_tokens") or []
+    first = str(tokens[0]) if tokens else ""
+    if first and re.fullmatch(r"<[^<>\s]+>", first) and prompt.startswith(first):
+        return prompt[len(first):]
+    return prompt or "".join(str(t) for t in tokens[1:])
+
+
+def node_links(doc: dict[str, Any], node: DisplayNode, origin: tuple[str, str]) -> tuple[dict[str, str],
+                                                                                        dict[str, str]]:
+    """Query parameters for the feature browser and for steering one feature node: the graph's model
+    and transcoder set (never the sidebar's SAE set), the feature, and for steering the graph's
+    prompt and the node's position."""
+    model, tc = origin
+    browser = {"model": model, "sae_set": tc, "feature": f"{node.layer}:{node.index}"}
+    return browser, {**browser, "position": str(node.pos), "prompt": graph_prompt(doc)}
 
 
 def render_estimate(est: GraphEstimate) -> None:
@@ -80,7 +113,8 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
         return
     with st.container(border=True):
         c1, c2 = st.columns([3, 2])
-        c1.markdown(f"**Selected: `{html.escape(node_title(node, graph.tokens))}`**")
+        c1.markdown("**Selected node**")
+        c1.text(node_title(node, graph.tokens))  # plain text: escaped once, by Streamlit
         facts = [f"id `{node.id}`", f"type {node.kind}", f"position {node.pos}"]
         if node.activation is not None:
             facts.append(f"activation {node.activation:.4f}")
@@ -93,14 +127,12 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
         if c2.button("Unpin" if is_pinned else "Pin", key="graph_pin_toggle", icon=":material/push_pin:"):
             on_pin(node_id)
         if node.kind == FEATURE and node.index is not None and origin is not None:
-            model, tc = origin
-            params = {"model": model, "sae_set": tc, "feature": f"{node.layer}:{node.index}"}
+            to_browser, to_steer = node_links(doc, node, origin)
             browser, steer = state.page("features"), state.page("steer")
             if browser is not None:
-                c2.page_link(browser, label="Open in feature browser", query_params=params)
+                c2.page_link(browser, label="Open in feature browser", query_params=to_browser)
             if steer is not None:
-                c2.page_link(steer, label="Steer this feature",
-                             query_params={**params, "position": str(node.pos)})
+                c2.page_link(steer, label="Steer this feature", query_params=to_steer)
         inputs, outputs = node_edges(doc, node_id, k=12)
         shown = {(s, t) for s, t, _ in graph.edges}
         t1, t2 = st.columns(2)
@@ -110,12 +142,33 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
         t2.caption("Strongest output edges")
         t2.dataframe(_edge_rows(outputs, all_nodes, graph.tokens, shown, node_id, False), hide_index=True,
                      key="graph_outputs")
+        if node.kind == FEATURE and node.index is not None and origin is not None:
+            render_feature_detail(origin, node)
 
 
-def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str],
-                supernodes: list[list[str]]) -> None:
-    """Pinned nodes, grouping them into labelled supernodes, and the pinned subgraph."""
-    by_id = {str(n["node_id"]): to_display_node(n, n_layers_of(doc)) for n in doc["nodes"]}
+def render_feature_detail(origin: tuple[str, str], node: DisplayNode) -> None:
+    """The selected feature as its dashboard shows it: top activating corpus examples (the activating
+    token outlined) and the logits its decoder direction promotes and suppresses."""
+    model, tc = origin
+    req = FeatureRequest(feature=FeatureRef(model=model, sae_set=tc, layer=node.layer, index=node.index or 0),
+                         n_examples=DETAIL_EXAMPLES, n_quantiles=0, n_logits=8)
+    result = state.session_cached("graph_feature", "feature", req, "Loading the feature's corpus examples…",
+                                  size=32)
+    if result is None:
+        return
+    st.markdown(f"**Top activating examples** (max activation in the corpus "
+                f"{result.max_activation or 0:.3g}; the activating token is outlined)")
+    render_examples(result.examples[:DETAIL_EXAMPLES], result.max_activation)
+    for note in result.notes:
+        st.caption(note)
+    render_logits(result, key="graph_feature_logits")
+
+
+def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str], supernodes: list[list[str]], *,
+                origin: tuple[str, str] | None = None, doc_id: str = "") -> None:
+    """Pinned nodes, grouping them into labelled supernodes, the pinned subgraph, and steering it."""
+    n_layers = n_layers_of(doc)  # once: it scans every node
+    by_id = {str(n["node_id"]): to_display_node(n, n_layers) for n in doc["nodes"]}
 
     def name(i: str) -> str:
         return node_title(by_id[i], graph.tokens) if i in by_id else i
@@ -134,46 +187,106 @@ def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str],
     if c3.button("Clear pins", key="graph_clear_pins"):
         pinned.clear()
         supernodes.clear()
+        st.session_state["graph_chart_gen"] = st.session_state.get("graph_chart_gen", 0) + 1  # see pages/graph.py
         st.rerun()
     for i, sn in enumerate(supernodes):
         cols = st.columns([5, 1])
-        members_text = ", ".join(f"`{html.escape(name(m))}`" for m in sn[1:])
-        cols[0].markdown(f"Supernode **{html.escape(sn[0])}**: {members_text}")
+        members_text = ", ".join(md_literal(name(m)) for m in sn[1:])
+        cols[0].markdown(f"Supernode **{md_literal(sn[0])}**: {members_text}")
         if cols[1].button("Ungroup", key=f"graph_ungroup_{i}"):
             supernodes.pop(i)
             st.rerun()
     groups, edges = subgraph(doc, pinned, supernodes)
-    st.plotly_chart(subgraph_figure(groups, edges, by_id, graph.tokens), key="graph_subgraph",
+    st.plotly_chart(subgraph_figure(groups, edges, by_id, graph.tokens, graph.n_layers), key="graph_subgraph",
                     width="stretch")
+    render_subgraph_steering(graph_prompt(doc), origin, pinned, supernodes, by_id, graph.tokens, doc_id)
+
+
+def subgraph_cells(groups: dict[str, list[str]], by_id: dict[str, DisplayNode]) -> dict[str, tuple[int, int]]:
+    """(position, layer) of every group on the graph's integer grid: a pinned node's own; a supernode's
+    last member position and its members' most common layer (ties: the higher)."""
+    cells = {}
+    for label, ids in groups.items():
+        found = [by_id[i] for i in ids if i in by_id]
+        if not found:
+            cells[label] = (0, 0)
+            continue
+        layers = [n.layer for n in found]
+        layer = max(set(layers), key=lambda k: (layers.count(k), k))
+        cells[label] = (max(n.pos for n in found), layer)
+    return cells
+
+
+def subgraph_layout(groups: dict[str, list[str]], by_id: dict[str, DisplayNode]) -> tuple[
+        dict[str, tuple[float, float]], list[int], list[int]]:
+    """Where each group is drawn: x is the column of its position (only positions with pins get one),
+    y its layer; cell-mates side by side within ±0.35 of the cell's integer centre. Also the used
+    positions and layers (the axis ticks are at 0, 1, … and at the layers)."""
+    cells = subgraph_cells(groups, by_id)
+    used_pos = sorted({p for p, _ in cells.values()})
+    used_layers = sorted({layer for _, layer in cells.values()})
+    column = {p: i for i, p in enumerate(used_pos)}
+    mates: dict[tuple[int, int], list[str]] = {}
+    for label, cell in cells.items():
+        mates.setdefault(cell, []).append(label)
+    xy = {}
+    for (p, layer), labels in mates.items():
+        k = len(labels)
+        for i, label in enumerate(labels):
+            offset = 0.0 if k == 1 else -0.35 + 0.7 * i / (k - 1)
+            xy[label] = (column[p] + offset, float(layer))
+    return xy, used_pos, used_layers
 
 
 def subgraph_figure(groups: dict[str, list[str]], edges: list[tuple[str, str, float]],
-                    by_id: dict[str, DisplayNode], tokens: list[str]) -> go.Figure:
-    """Pinned nodes and supernodes at their mean position and layer, edges summed between them."""
-    pos = {}
-    for label, ids in groups.items():
-        found = [by_id[i] for i in ids if i in by_id]
-        x = sum(n.pos for n in found) / max(len(found), 1)
-        y = sum(n.layer for n in found) / max(len(found), 1)
-        pos[label] = (x, y)
+                    by_id: dict[str, DisplayNode], tokens: list[str], n_layers: int) -> go.Figure:
+    """The pinned subgraph on the graph's integer position/layer grid: pinned nodes as dots, supernodes
+    as labelled squares sized by their members, edges summed between them (blue +, red −)."""
+    pos, used_pos, used_layers = subgraph_layout(groups, by_id)
     fig = go.Figure()
+    top = abs(edges[0][2]) if edges else 1.0
     for a, b, w in edges[:MAX_SUBGRAPH_EDGES]:
         fig.add_trace(go.Scatter(x=[pos[a][0], pos[b][0]], y=[pos[a][1], pos[b][1]], mode="lines",
                                  hoverinfo="skip", showlegend=False,
                                  line={"color": "#2c7fb8" if w >= 0 else "#d7301f",
-                                       "width": 1 + 4 * min(abs(w) / (abs(edges[0][2]) or 1), 1)}))
-    labels = []
+                                       "width": 1 + 4 * min(abs(w) / (top or 1), 1)}))
+    labels, hovers, sizes, symbols = [], [], [], []
     for label, ids in groups.items():
-        if len(ids) == 1 and ids[0] == label:
-            labels.append(plot_label(node_title(by_id[label], tokens) if label in by_id else label))
+        single = len(ids) == 1 and ids[0] == label
+        if single:
+            node = by_id.get(label)
+            text = node_title(node, tokens) if node else label
+            if node is not None and node.clerp and node.kind == FEATURE:
+                text += f" · {node.clerp[:40]}"
+            labels.append(plot_escape(text[:60]))
+            hovers.append(plot_escape(text))
+            sizes.append(14)
+            symbols.append("circle")
         else:
-            labels.append(plot_label(f"{label} ({len(ids)})"))
-    fig.add_trace(go.Scatter(x=[p[0] for p in pos.values()], y=[p[1] for p in pos.values()],
-                             mode="markers+text", text=labels, textposition="top center", hoverinfo="text",
-                             marker={"size": 14, "color": "#7b61c2"}, showlegend=False))
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"title": "position", "zeroline": False},
-                      yaxis={"title": "layer", "zeroline": False})
+            names = ", ".join(node_title(by_id[i], tokens) if i in by_id else i for i in ids)
+            labels.append(f"<b>{plot_escape(label[:40])}</b> ({len(ids)})")
+            hovers.append(plot_escape(f"supernode {label}: {names}"[:400]))
+            sizes.append(min(18 + 4 * len(ids), 40))
+            symbols.append("square")
+    fig.add_trace(go.Scatter(x=[pos[g][0] for g in groups], y=[pos[g][1] for g in groups],
+                             mode="markers+text", text=labels, textposition="top center", name="groups",
+                             hovertext=hovers, hovertemplate="%{hovertext}<extra></extra>",
+                             customdata=list(groups),
+                             marker={"size": sizes, "symbol": symbols, "color": "#7b61c2", "opacity": 0.85},
+                             showlegend=False))
+
+    def layer_name(k: int) -> str:
+        return "Emb" if k < 0 else ("Logits" if k >= n_layers else f"L{k}")
+
+    fig.update_layout(
+        height=max(280, 90 * len(used_layers) + 80), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"tickmode": "array", "tickvals": list(range(len(used_pos))), "zeroline": False,
+               "ticktext": [plot_escape(f"{p}: {visible(tokens[p]) if p < len(tokens) else '?'}")
+                            for p in used_pos],
+               "range": [-0.7, len(used_pos) - 0.3], "title": "position (token)"},
+        yaxis={"tickmode": "array", "tickvals": used_layers, "ticktext": [layer_name(k) for k in used_layers],
+               "range": [min(used_layers, default=0) - 0.6, max(used_layers, default=0) + 0.8],
+               "zeroline": False, "title": "layer"})
     return fig
 
 

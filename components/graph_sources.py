@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
+from pydantic import ValidationError
 
-from backend.errors import BackendError
 from backend.graphfile import library_dir, list_library, parse_graph, read_graph_file, view_state
 from backend.schemas import GraphRequest, GraphResult, ModelInfo
 from components import state
@@ -32,7 +32,7 @@ def open_graph(doc: dict[str, Any], *, origin: tuple[str, str] | None, result: G
     ids = {n["node_id"] for n in doc["nodes"]}
     S.update(graph_doc=doc, graph_origin=origin, graph_result=result, graph_name=name,
              graph_doc_id=uuid.uuid4().hex, graph_pinned=pinned, graph_supernodes=supernodes,
-             graph_clicked=url_node if url_node in ids else clicked, graph_last_click=None)
+             graph_clicked=url_node if url_node in ids else clicked)
     S.pop("graph_node_pick", None)
     S.pop("graph_nt", None)
     S.pop("graph_et", None)
@@ -57,10 +57,8 @@ def origin_of(doc: dict[str, Any], models: list[ModelInfo]) -> tuple[str, str] |
 
 
 def generate(req: GraphRequest) -> None:
-    try:
-        est = state.backend().attribute(req.model_copy(update={"estimate_only": True}))
-    except BackendError as exc:
-        state.show_error(exc)
+    est = state.call(state.backend().attribute, req.model_copy(update={"estimate_only": True}))
+    if est is None:
         return
     S["graph_estimate"] = est.estimate
     with state.progress("Building the attribution graph…") as progress:
@@ -76,18 +74,65 @@ def generate(req: GraphRequest) -> None:
                            transcoder_set=result.transcoder_set, graph=None, **changed)
 
 
-# The graph server's numeric parameters: (min, max, step); defaults come from GraphRequest.
+# The graph server's numeric parameters: (min, max, step); defaults come from GraphRequest, and the
+# upper bounds of the first three from the backend's published limits (`info().limits`).
 SETTINGS: dict[str, tuple[float, float, float]] = {
     "max_feature_nodes": (1, 100_000, 1), "node_threshold": (0.01, 1.0, 0.01),
     "edge_threshold": (0.01, 1.0, 0.01), "batch_size": (1, 4096, 1),
     "max_n_logits": (1, 1000, 1), "desired_logit_prob": (0.01, 1.0, 0.01),
 }
+LIMIT_OF = {"max_feature_nodes": "max_feature_nodes", "batch_size": "max_batch_size",
+            "max_n_logits": "max_graph_logits"}
+SLUG_CHARS = next(m.max_length for m in GraphRequest.model_fields["slug_identifier"].metadata
+                  if hasattr(m, "max_length"))
+
+
+def limits() -> dict[str, float]:
+    """The backend's published limits, asked once per session (empty if it cannot say)."""
+    if "graph_limits" not in S:
+        info = state.call(state.backend().info)
+        if info is None:
+            return {}
+        S["graph_limits"] = dict(info.limits)
+    return S["graph_limits"]
+
+
+def bounds(name: str) -> tuple[float, float, float]:
+    low, high, step = SETTINGS[name]
+    limit = limits().get(LIMIT_OF.get(name, ""))
+    return low, (min(high, limit) if limit else high), step
+
+
+def request_or_message(prompt: str, slug: str, **fields: Any) -> GraphRequest | None:
+    """The request, or None after an inline message saying what to change (never a validation dump,
+    never more than a few characters of what was typed)."""
+    if not prompt.strip():
+        st.warning("Type a prompt: the graph explains which features lead to the token after it.",
+                   icon=":material/edit:")
+        return None
+    max_chars = limits().get("max_text_chars")
+    if max_chars and len(prompt) > max_chars:
+        st.warning(f"The prompt has {len(prompt):,} characters; the limit is {int(max_chars):,}. Shorten it.",
+                   icon=":material/straighten:")
+        return None
+    if len(slug.strip()) > SLUG_CHARS:
+        st.warning(f"The slug has {len(slug.strip()):,} characters; the limit is {SLUG_CHARS}. Shorten it "
+                   "(or leave it empty for a name made from the prompt).", icon=":material/straighten:")
+        return None
+    try:
+        return GraphRequest(prompt=prompt, slug_identifier=slug.strip() or None, **fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the request"
+        st.warning(f"{where}: {first['msg']}. Change it and try again.", icon=":material/edit:")
+        return None
 
 
 def number(col: Any, name: str, low: float, high: float, step: float) -> int | float:
     """A number input for one setting, starting from the URL's value when it has one."""
     default = GraphRequest.model_fields[name].default
     kind = int if isinstance(default, int) else float
+    default = min(default, kind(high))
     key = f"graph_{name}"
     if key not in S:
         try:
@@ -117,22 +162,24 @@ def render_generate_form(model: ModelInfo) -> None:
         with st.expander("Attribution settings (the graph server's parameters)"):
             c = st.columns(4)
             cells = zip(c * 2, SETTINGS.items(), strict=False)  # two rows of the four columns
-            values = {name: number(col, name, *bounds) for col, (name, bounds) in cells}
+            values = {name: number(col, name, *bounds(name)) for col, (name, _) in cells}
             offload = c[2].selectbox("offload", ["none", "cpu", "disk"], key="graph_offload")
             slug = c[3].text_input("slug", key="graph_slug", placeholder="default: from the prompt")
         b1, b2, _ = st.columns([1, 1, 4])
         estimate = b1.form_submit_button("Estimate")
         run = b2.form_submit_button("Generate", type="primary")
-    req = GraphRequest(prompt=prompt or " ", model=model.id, transcoder_set=tc, **values,
-                       offload=None if offload == "none" else offload, slug_identifier=slug.strip() or None)
     auto = "graph_doc" not in S and "graph_auto_done" not in S and state.query_param("prompt") is not None
     if auto:
         S["graph_auto_done"] = True
-    if estimate:
+    req = None
+    if estimate or run or auto:  # built only when asked for, so a bad field cannot break later reruns
+        req = request_or_message(prompt or "", slug or "", model=model.id, transcoder_set=tc, **values,
+                                 offload=None if offload == "none" else offload)
+    if req is not None and estimate:
         result = state.call(state.backend().attribute, req.model_copy(update={"estimate_only": True}))
         if result is not None:
             S["graph_estimate"] = result.estimate
-    if run or auto:
+    if req is not None and (run or auto):
         generate(req)
     if S.get("graph_estimate") is not None:
         render_estimate(S["graph_estimate"])
@@ -167,10 +214,8 @@ def render_open_form(models: list[ModelInfo]) -> None:
 
 
 def _open(load: Callable[[], dict[str, Any]], models: list[ModelInfo], name: str) -> bool:
-    try:
-        doc = load()
-    except BackendError as exc:
-        state.show_error(exc)
+    doc = state.call(load)
+    if doc is None:
         return False
     open_graph(doc, origin=origin_of(doc, models), name=name)
     return True

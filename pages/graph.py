@@ -10,7 +10,7 @@ from components.graph_display import DisplayGraph, display_graph
 from backend.graphfile import library_dir, save_to_library
 from backend.schemas import GraphResult
 from components import state
-from components.graph_panels import nodes_frame, render_node_panel, render_pins, render_save
+from components.graph_panels import md_literal, nodes_frame, render_node_panel, render_pins, render_save
 from components.graph_sources import render_generate_form, render_open_form
 from components.graph_view import node_title, render_graph_view
 
@@ -29,25 +29,49 @@ def displayed(doc: dict[str, Any], nt: float, et: float, pinned: list[str]) -> D
 
 
 def select(node_id: str | None, *, from_picker: bool = False) -> None:
+    """Select a node: from the picker, or from a click in the chart (a callback, run before the
+    picker is drawn, so the picker follows)."""
     S["graph_clicked"] = node_id
-    if from_picker:  # a later click on the chart's last-clicked node counts again
-        S["graph_last_click"] = None
-    else:  # the picker follows clicks in the chart (set before it is drawn)
+    if not from_picker:
         S["graph_node_pick"] = node_id
+    else:
+        new_chart()
     state.set_query_params(node=node_id)
+
+
+def new_chart() -> None:
+    """Draw the chart as a new widget after a change made outside it (a pin, the picker): Streamlit
+    drops the first click on a chart whose figure changed while it held an older selection."""
+    S["graph_chart_gen"] = S.get("graph_chart_gen", 0) + 1
+
+
+def render_scores(meta: dict[str, Any]) -> None:
+    """circuit-tracer's graph scores, kept in the file's metadata when we built the graph."""
+    scores = meta.get("scores") or {}
+    if not isinstance(scores, dict) or "replacement_score" not in scores:
+        return
+    c = st.columns([1, 1, 3])
+    c[0].metric("Replacement score", f"{float(scores['replacement_score']):.3f}",
+                help="Share of the token-to-logit influence that flows through features rather than "
+                     "error nodes (circuit-tracer's compute_graph_scores, on the unpruned graph).")
+    c[1].metric("Completeness score", f"{float(scores.get('completeness_score', 0.0)):.3f}",
+                help="Influence-weighted share of every node's inputs that come from features or tokens "
+                     "rather than error nodes (circuit-tracer's compute_graph_scores).")
 
 
 def viewer(doc: dict[str, Any]) -> None:
     meta = doc["metadata"]
     result: GraphResult | None = S.get("graph_result")
-    name = meta.get("slug") or S.get("graph_name") or "graph"
-    head = f"**{name}** · {meta.get('scan') or 'unknown transcoders'}"
+    name = str(meta.get("slug") or S.get("graph_name") or "graph")
+    # the slug and scan can come from an uploaded file: shown as text, never as live markdown
+    head = f"**{md_literal(name)}** · {md_literal(str(meta.get('scan') or 'unknown transcoders'))}"
     if result is not None:
         head += (f" · {result.n_active_features:,} active features, {result.n_feature_nodes:,} attributed"
                  f" · {'from the cache' if result.cached else f'{result.elapsed_ms / 1000:.1f} s'}")
         if result.label:
             st.info(f"Graph of a {result.label}.", icon=":material/science:")
     st.markdown(head)
+    render_scores(meta)
     file_nt = meta.get("node_threshold")
     c = st.columns([2, 2, 1, 1])
     start = min(max(float(file_nt or 1.0), 0.05), 1.0)
@@ -68,12 +92,10 @@ def viewer(doc: dict[str, Any]) -> None:
         notes.append(f"{len(graph.duplicate_ids)} node id(s) repeat in this file; their edges go to the "
                      "first.")
     st.caption(" ".join(notes))
-    clicked = render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}",
-                                selected=S.get("graph_clicked"), colour_by=colour_by, size_by=size_by)
-    if clicked and clicked != S.get("graph_last_click"):
-        S["graph_last_click"] = clicked
-        select(clicked)
-        st.rerun()
+    view = f"{S.get('graph_chart_gen', 0)}_{nt}_{et}_{colour_by}_{size_by}"  # a new widget per view
+    render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}_{view}",
+                      selected=S.get("graph_clicked"),
+                      colour_by=colour_by, size_by=size_by, on_pick=select)
     by_id = {n.id: n for n in graph.nodes}
     options = [None, *by_id]
     if S.get("graph_clicked") and S["graph_clicked"] not in by_id:
@@ -97,6 +119,7 @@ def viewer(doc: dict[str, Any]) -> None:
             pinned.remove(node_id)
         else:
             pinned.append(node_id)
+        new_chart()
         st.rerun()
 
     if S.get("graph_clicked"):
@@ -104,7 +127,7 @@ def viewer(doc: dict[str, Any]) -> None:
                           on_pin=toggle_pin)
     tab_pins, tab_nodes, tab_save = st.tabs(["Pinned subgraph", "Nodes", "Save / download"])
     with tab_pins:
-        render_pins(doc, graph, pinned, supernodes)
+        render_pins(doc, graph, pinned, supernodes, origin=S.get("graph_origin"), doc_id=S["graph_doc_id"])
     with tab_nodes:
         st.dataframe(nodes_frame(graph), hide_index=True, key="graph_nodes_table")
     with tab_save:

@@ -5,6 +5,7 @@ cache, progress, the seed's request bodies, and the hub path of `ReplacementMode
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from components.graph_display import display_graph
 from backend.graphfile import read_graph_file
 from backend.schemas import GraphRequest
 from backend.settings import Limits, Settings
+from tests.conftest import REPO
 
 PROMPT = "The fox jumps over the dog"
 BUDGET = 150  # feature nodes: fewer than the tiny pack's active features, so the budget matters
@@ -100,6 +102,20 @@ def test_graph_json_validates_against_circuit_tracers_models(generated, backend)
     assert meta["scan"] == f"{backend.pack().manifest.name}/demo"
     assert result.n_nodes == len(doc["nodes"]) and result.n_edges == len(doc["links"])
     assert result.n_feature_nodes == min(BUDGET, result.n_active_features)
+
+
+def test_scores_equal_circuit_tracers_own_scoring(generated, reference):
+    """The file's replacement and completeness scores are circuit-tracer's `compute_graph_scores` of
+    the same graph, built independently by the `reference` fixture."""
+    from circuit_tracer.graph import compute_graph_scores
+
+    result, _ = generated
+    graph = reference[0]
+    replacement, completeness = compute_graph_scores(graph)
+    scores = result.graph["metadata"]["scores"]
+    assert scores["replacement_score"] == pytest.approx(replacement, rel=1e-5, abs=1e-6)
+    assert scores["completeness_score"] == pytest.approx(completeness, rel=1e-5, abs=1e-6)
+    assert 0.0 < scores["replacement_score"] <= 1.0 and 0.0 < scores["completeness_score"] <= 1.0
 
 
 def test_every_edge_equals_circuit_tracers_pruned_adjacency(generated, reference):
@@ -350,3 +366,48 @@ def test_a_prompt_with_nothing_to_attribute_is_refused(strict):
     with pytest.raises(InvalidRequest, match="no token to attribute"):
         strict.attribute(GraphRequest(prompt="<|endoftext|>", model="demo", max_feature_nodes=50, batch_size=16,
                                       max_n_logits=5))
+
+
+def dense_pack(root: Path) -> Path:
+    """The demo pack with every transcoder feature active (thresholds far below any pre-activation):
+    the shape of a dense transcoder set, for which the assumed density is far too low."""
+    from safetensors.torch import load_file, save_file
+
+    src = REPO / "assets" / "demo"
+    root.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.name != "transcoders":
+            (root / item.name).symlink_to(item)
+    for f in (src / "transcoders").rglob("*.safetensors"):
+        tensors = load_file(f)
+        tensors["activation_function.threshold"] = torch.full_like(tensors["activation_function.threshold"], -1e9)
+        out = root / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, out)
+    return root
+
+
+def test_dense_transcoders_are_refused_after_the_forward_pass(tmp_path):
+    """The estimate before running assumes a density and says 'fits'; once the prompt has run, the
+    features are counted (every one is active here) and the graph is refused with the figures before
+    circuit-tracer allocates their encoder and decoder vectors."""
+    from transformers import AutoTokenizer
+
+    from backend.local import LocalBackend
+
+    pack = dense_pack(tmp_path / "dense")
+    dense = LocalBackend(Settings(memory_budget_gb=0.04, data_dir=tmp_path / "data", demo_dir=pack))
+    req = GraphRequest(prompt="The ships saw the lamp", model="demo", max_feature_nodes=100, batch_size=16)
+    est = dense.attribute(req.model_copy(update={"estimate_only": True})).estimate
+    assert est.fits is True, "the density assumed before running says it fits"
+    with pytest.raises(DoesNotFit) as err:
+        dense.attribute(req)
+    tok = AutoTokenizer.from_pretrained(str(REPO / "assets" / "demo" / "tokenizer"))
+    n_tokens = len(tok(req.prompt, add_special_tokens=False).input_ids) + 1
+    every = 4 * (n_tokens - 1) * 2048  # 4 layers x positions after BOS x 2,048 features: all active
+    msg = err.value.message
+    assert f"{every:,} active features counted after the forward pass" in msg
+    need, have = (float(x) for x in re.findall(r"([0-9.]+) GB", msg)[:2])
+    assert need > have > 0, msg
+    cached = [p for p in (tmp_path / "data" / "graphs").rglob("*") if p.suffix in (".safetensors", ".gz")]
+    assert cached == [], "nothing was attributed"

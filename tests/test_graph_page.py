@@ -145,3 +145,129 @@ def test_over_limit_prompt_is_refused_on_the_page(hf_cache):
     assert not at.exception
     assert any("the limit is 256" in w.proto.body for w in at.warning)
     assert "graph_doc" not in at.session_state
+
+
+@pytest.fixture(scope="module")
+def shared(generated):
+    """The generated graph opened by its shared URL in a fresh session (served from the cache)."""
+    at = graph_page(prompt=PROMPT, transcoder_set="demo", max_feature_nodes=str(NODES))
+    assert not at.exception, at.exception
+    return at
+
+
+def page_links(at: AppTest) -> dict[str, dict[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return {el.proto.label: dict(parse_qsl(el.proto.query_string)) for el in at.get("page_link")}
+
+
+def test_node_links_carry_the_graphs_prompt_set_feature_and_position(shared):
+    """Issue 12 (3): 'Steer this feature' opens steering on the graph's own prompt (positions are the
+    graph's), transcoder set, layer:index and position; the feature browser on the same dictionary."""
+    at = shared
+    doc = at.session_state["graph_doc"]
+    node = next(n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder")
+    layer, index, pos = (int(p) for p in node["node_id"].split("_"))
+    at.selectbox(key="graph_node_pick").select(node["node_id"]).run()
+    assert not at.exception, at.exception
+    links = page_links(at)
+    feature = f"{layer}:{index}"
+    assert links["Open in feature browser"] == {"model": "demo", "sae_set": "demo", "feature": feature}
+    steer = links["Steer this feature"]
+    assert steer == {"model": "demo", "sae_set": "demo", "feature": feature, "position": str(pos),
+                     "prompt": PROMPT}
+    # the node's title is plain text, escaped by nobody but Streamlit
+    titles = [t.value for t in at.text]
+    assert any(f"feature {feature} @{pos} '" in t for t in titles)
+    assert not any("&#x27;" in t or "&quot;" in t for t in titles)
+
+
+def test_a_selected_feature_shows_its_corpus_examples(shared):
+    at = shared
+    htmls = [h.proto.body for h in at.get("html")]
+    examples = [h for h in htmls if "fs-ex" in h]
+    assert examples, "the selected feature's top activating examples are shown"
+    assert 'class="tok max"' in examples[0], "with the activating token highlighted"
+    assert any("Top activating examples" in m.proto.body for m in at.markdown)
+
+
+def test_scores_are_shown_with_the_graph(shared):
+    at = shared
+    scores = at.session_state["graph_doc"]["metadata"]["scores"]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Replacement score"] == f"{scores['replacement_score']:.3f}"
+    assert shown["Completeness score"] == f"{scores['completeness_score']:.3f}"
+
+
+def test_a_long_slug_and_a_blank_prompt_get_a_message_and_the_page_keeps_working(hf_cache, tmp_path):
+    """Issue 12 (4, 5): a 129+ character slug or a blank prompt is refused inline, nothing is sent, and
+    the page (the 'Open a graph file' tab too) keeps working on every later rerun."""
+    at = graph_page()
+    at.text_input(key="graph_slug").input("s" * 300)
+    at.button(key="FormSubmitter:graph_form-Generate").click().run()
+    assert not at.exception, at.exception
+    warned = "\n".join(w.proto.body for w in at.warning)
+    assert "the limit is 128" in warned and "s" * 81 not in warned
+    assert "graph_doc" not in at.session_state
+    at.run()  # a plain rerun: the form is not rebuilt into a crash
+    assert not at.exception, at.exception
+    at.text_input(key="graph_slug").input("")
+    at.text_area(key="graph_prompt").input("   \n ")
+    at.button(key="FormSubmitter:graph_form-Generate").click().run()
+    assert not at.exception, at.exception
+    assert any("Type a prompt" in w.proto.body for w in at.warning)
+    assert "graph_doc" not in at.session_state
+    raw = {"metadata": {"slug": "[click me](https://example.com) *bold*", "scan": "x",
+                        "prompt_tokens": ["<bos>", " a", "'."], "prompt": "<bos> a'."},
+           "nodes": [{"node_id": "E_1_1", "layer": "E", "ctx_idx": 1, "feature_type": "embedding"},
+                     {"node_id": "0_5_2", "layer": "0", "ctx_idx": 2, "feature_type": "cross layer transcoder",
+                      "influence": 0.1, "activation": 1.0, "clerp": 'says "hi"'},
+                     {"node_id": "3_9_2", "layer": "3", "ctx_idx": 2, "feature_type": "logit",
+                      "token_prob": 0.5, "clerp": 'Output "x" (p=0.500)'}],
+           "links": [{"source": "E_1_1", "target": "0_5_2", "weight": 1.0},
+                     {"source": "0_5_2", "target": "3_9_2", "weight": 1.0}]}
+    path = tmp_path / "link.json"
+    path.write_text(json.dumps(raw))
+    at.text_input(key="graph_path").input(str(path)).run()
+    at.button(key="graph_open_path").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["graph_doc"]["metadata"]["slug"] == raw["metadata"]["slug"]
+    heads = [m.proto.body for m in at.markdown if "click me" in m.proto.body]
+    assert heads and all("](https" not in h and "\\[click me\\]" in h for h in heads), heads
+
+
+def test_steering_from_the_subgraph_equals_the_steering_pages_answer(shared):
+    """Ablating a pinned feature at its node's position from the graph page gives the numbers the
+    steering page gives for the same edit, opened by the node's own link."""
+    at = shared
+    feature = at.session_state["graph_clicked"]  # selected by the tests above
+    if feature not in at.session_state["graph_pinned"]:
+        at.button(key="graph_pin_toggle").click().run()
+    assert feature in at.session_state["graph_pinned"]
+    at.multiselect(key="graph_steer_pick").set_value([feature]).run()
+    at.button(key="graph_steer_run").click().run()
+    assert not at.exception, at.exception
+    _, req, mine = at.session_state["graph_steer"]
+    layer, index, pos = feature.split("_")
+    assert [(f.layer, f.index, f.steer_positions, f.ablate) for f in req.features] == [
+        (int(layer), int(index), [int(pos)], True)]
+    assert req.prompt == PROMPT
+    # steering reads the prompt as the graph did, so a node's position is the same token there
+    assert [t.text for t in mine.prompt_tokens] == at.session_state["graph_doc"]["metadata"]["prompt_tokens"]
+    steer = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    for k, v in {"model": "demo", "sae_set": "demo", "feature": f"{layer}:{index}", "position": pos,
+                 "prompt": PROMPT}.items():
+        steer.query_params[k] = v
+    steer.run()
+    steer = steer.switch_page("pages/steer.py").run()
+    steer.button(key="st_run").click().run()
+    assert not steer.exception, steer.exception
+    theirs = steer.session_state["st_result"]
+    assert theirs is not None
+    assert [t.text for t in mine.prompt_tokens] == [t.text for t in theirs.prompt_tokens]
+    assert mine.default_ids == theirs.default_ids and mine.steered_ids == theirs.steered_ids
+    assert mine.metrics == theirs.metrics
+    assert mine.STEERED_LOGITS_BY_TOKEN == theirs.STEERED_LOGITS_BY_TOKEN
+    assert mine.metrics.kl_divergence > 0, "the ablation changes the next-token distribution"
+    shown = "\n".join(m.proto.body for m in at.markdown)
+    assert "**DEFAULT**" in shown and "**STEERED**" in shown

@@ -6,11 +6,17 @@ everything to the model and notes each phase as circuit-tracer enters it: precom
 activations (`setup_attribution`), the forward pass (`run_forward_pass`), then each batch of
 backward passes (`compute_batch`: first the logit rows, then the feature rows). Nothing on the
 shared model is changed; the view lives for one call.
+
+Before circuit-tracer gathers the encoder and decoder vectors of every active feature (which is
+where a dense transcoder set runs out of memory: 52 GiB at Gemma-2-2B shapes), the view runs the
+prompt once, counts the active features layer by layer, and hands the count to `check_active`,
+which may refuse (raise) before anything large is allocated.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,11 +52,37 @@ class _Context:
         return rows
 
 
+def count_active(model: Any, tokens: Any) -> int:
+    """Transcoder features active on `tokens` (1-D ids), as circuit-tracer's `setup_attribution` will
+    find them (its zeroed positions excluded), one layer at a time: one forward pass and one encoder
+    pass per layer, nothing kept."""
+    import torch
+
+    inputs: list[Any] = []  # the transcoders' inputs, layer by layer, as the forward pass reaches them
+
+    def keep(x: Any, hook: Any) -> None:
+        inputs.append(x.detach()[0])
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(lambda name: model.feature_input_hook in name, keep)]):
+        model(tokens.reshape(1, -1))
+    n = 0
+    with torch.no_grad():
+        for layer, x in enumerate(inputs):
+            acts = model.transcoders.encode_layer(x, layer)
+            acts[model.zero_positions] = 0
+            n += int(torch.count_nonzero(acts))
+            del acts
+    inputs.clear()
+    return n
+
+
 class _Phases:
     """A per-call view of a ReplacementModel that reports attribution's phases."""
 
-    def __init__(self, model: Any, max_feature_nodes: int, progress: Progress) -> None:
+    def __init__(self, model: Any, max_feature_nodes: int, progress: Progress,
+                 check_active: Callable[[int], None] | None = None) -> None:
         self._model = model
+        self._check_active = check_active
         self._max_feature_nodes = max_feature_nodes
         self._progress = progress
         self.times = PhaseTimes()
@@ -71,6 +103,9 @@ class _Phases:
         self.times.ms.pop("done", None)
 
     def setup_attribution(self, inputs: Any) -> _Context:
+        if self._check_active is not None:
+            self._progress(0.005, "Counting the active features (one forward pass)…")
+            self._check_active(count_active(self._model, inputs))
         self._progress(0.01, "Phase 0: precomputing transcoder activations and error vectors…")
         ctx = self._model.setup_attribution(inputs)
         self.times.n_active = int(ctx.activation_matrix._nnz())
@@ -103,13 +138,16 @@ class _Phases:
 
 def run_attribute(model: Any, input_ids: list[int], *, max_n_logits: int, desired_logit_prob: float,
                   batch_size: int, max_feature_nodes: int, offload: str | None,
-                  progress: Progress | None = None) -> tuple[Any, PhaseTimes]:
+                  progress: Progress | None = None,
+                  check_active: Callable[[int], None] | None = None) -> tuple[Any, PhaseTimes]:
     """circuit-tracer's `attribute` on `model` (held by the caller), with progress; the Graph and
-    the time of each phase. A CUDA out-of-memory error frees the cache and becomes `OutOfMemory`."""
+    the time of each phase. `check_active(n)` gets the number of active features after the first
+    forward pass, before any large allocation, and may raise to refuse. A CUDA out-of-memory error
+    frees the cache and becomes `OutOfMemory`."""
     import torch
     from circuit_tracer import attribute
 
-    view = _Phases(model, max_feature_nodes, progress or no_progress)
+    view = _Phases(model, max_feature_nodes, progress or no_progress, check_active)
     tokens = torch.tensor(input_ids, dtype=torch.long, device=model.cfg.device)
     try:
         graph = attribute(tokens, view, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob,

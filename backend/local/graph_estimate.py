@@ -157,12 +157,17 @@ class CostModel:
     def estimate(self, entry: ModelEntry, tc: TranscoderSetEntry, *, n_tokens: int, tokens_exact: bool,
                  dtype: str, device: str, device_name: str, batch_size: int, max_feature_nodes: int,
                  max_n_logits: int, loaded: bool, available_device: float | None,
-                 available_host: float | None) -> GraphEstimate:
-        """The estimate for one request; `available_*` in bytes (None: unknown)."""
+                 available_host: float | None, measured_active: int | None = None) -> GraphEstimate:
+        """The estimate for one request; `available_*` in bytes (None: unknown). `measured_active`:
+        the active features counted on this prompt (after its first forward pass), which replaces
+        the calibrated or assumed density."""
         s, notes = shape_of(entry, tc, n_tokens, dtype)
         cal = self.calibration(self.key(device_name, entry, tc, dtype))
         active = cal.get("active_per_layer_token")
-        if active is None:
+        if measured_active is not None:
+            active = measured_active / max(s.n_layers * n_tokens, 1)
+            notes.append(f"Counted {measured_active:,} active features on this prompt after its forward pass.")
+        elif active is None:
             active = min(ASSUMED_ACTIVE_PER_LAYER_TOKEN, s.d_transcoder)
             notes.append(f"Assumed {active:g} active features per layer and token until a graph of this "
                          "model has been measured.")

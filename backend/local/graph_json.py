@@ -4,7 +4,9 @@ Pruning is circuit-tracer's `prune_graph`, and the JSON is built by circuit-trac
 `create_graph_files` steps (`create_nodes`, `create_used_nodes_and_edges`, `build_model`, with its
 pydantic `Node`/`Metadata`/`QParams`/`Model`), so the file opens in circuit-tracer's viewer and in
 Neuronpedia. On top, as the Neuronpedia graph server does, `metadata` gets `info`,
-`generation_settings` and `pruning_settings`.
+`generation_settings` and `pruning_settings`, and we add `scores`: circuit-tracer's own
+`compute_graph_scores` of the unpruned graph (replacement and completeness score), so a saved file
+keeps them.
 
 One repair: circuit-tracer names an error node `0_<layer>_<pos>`, which is also the id of feature
 `<layer>` of layer 0 at that position. When both are in a graph, the error node is renamed
@@ -33,6 +35,14 @@ def prune(graph: Any, node_threshold: float, edge_threshold: float, device: str)
         finally:
             graph.to("cpu")
     return tuple(prune_graph(graph, node_threshold, edge_threshold))
+
+
+def graph_scores(graph: Any) -> dict[str, float]:
+    """circuit-tracer's replacement and completeness scores of the (unpruned) graph."""
+    from circuit_tracer.graph import compute_graph_scores
+
+    replacement, completeness = compute_graph_scores(graph)
+    return {"replacement_score": float(replacement), "completeness_score": float(completeness)}
 
 
 def unique_node_ids(nodes: dict[int, Any]) -> int:
@@ -74,4 +84,5 @@ def build_graph_json(graph: Any, node_mask: Any, edge_mask: Any, cumulative_scor
     }
     out["metadata"]["generation_settings"] = dict(generation_settings)
     out["metadata"]["pruning_settings"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    out["metadata"]["scores"] = graph_scores(graph)
     return out

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 GB = compute.GB
 FEATURE_TYPE = "cross layer transcoder"
 KEY_VERSION = 1
+JSON_VERSION = 2  # of the graph JSON we write (2: metadata.scores); older cached results are rebuilt
 
 
 def default_slug(model_id: str, prompt: str, key: str) -> str:
@@ -118,7 +119,7 @@ class GraphEngine:
                "device": self.b.device, "prompt": req.prompt, "max_n_logits": req.max_n_logits,
                "desired_logit_prob": req.desired_logit_prob, "max_feature_nodes": req.max_feature_nodes}
         return cache_key(raw), cache_key({**raw, "node_threshold": req.node_threshold,
-                                          "edge_threshold": req.edge_threshold})
+                                          "edge_threshold": req.edge_threshold, "json": JSON_VERSION})
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -137,7 +138,7 @@ class GraphEngine:
 
     # ------------------------------------------------------------------ estimate
     def _estimate(self, req: GraphRequest, entry: ModelEntry, tc: TranscoderSetEntry, dtype: str,
-                  n_tokens: int, exact: bool) -> GraphEstimate:
+                  n_tokens: int, exact: bool, measured_active: int | None = None) -> GraphEstimate:
         models = self.b.models
         key = replacement_key(entry, tc)
         loaded = any(m.key == key for m in models.resident())
@@ -150,9 +151,18 @@ class GraphEngine:
             device_name=compute.device_info(self.b.device).name, batch_size=req.batch_size,
             max_feature_nodes=req.max_feature_nodes, max_n_logits=req.max_n_logits, loaded=loaded,
             available_device=max(available_device, 0), available_host=None if host is None else host * GB,
+            measured_active=measured_active,
         )
 
-    def _refuse(self, est: GraphEstimate, entry: ModelEntry) -> DoesNotFit:
+    def _check_active(self, n_active: int, req: GraphRequest, entry: ModelEntry, tc: TranscoderSetEntry,
+                      dtype: str, n_tokens: int) -> None:
+        """After the prompt's forward pass, before circuit-tracer allocates the active features'
+        encoder and decoder vectors: refuse, with the figures, what the measured count cannot fit."""
+        est = self._estimate(req, entry, tc, dtype, n_tokens, True, measured_active=n_active)
+        if est.fits is False:
+            raise self._refuse(est, entry, measured_active=n_active)
+
+    def _refuse(self, est: GraphEstimate, entry: ModelEntry, measured_active: int | None = None) -> DoesNotFit:
         where = "GPU" if est.device == "cuda" else ("device" if est.device == "mps" else "memory")
         need = est.device_gb + (est.host_gb if est.device == "cpu" else 0)
         have = est.available_device_gb
@@ -165,9 +175,11 @@ class GraphEngine:
                 need, have, where = est.host_gb, est.available_host_gb, "host memory"
         gpu = compute.recommend_gpu(est.device_gb) if est.device == "cuda" else None
         tail = f" It would fit on a {gpu}." if gpu else ""
+        counted = ("" if measured_active is None else
+                   f"{measured_active:,} active features counted after the forward pass, ")
         return DoesNotFit(
-            f"This graph needs about {need:.2f} GB of {where} ({est.n_tokens} tokens, {est.feature_rows:,} "
-            f"feature nodes, batch_size {est.batch_size}); {have or 0:.2f} GB is available. "
+            f"This graph needs about {need:.2f} GB of {where} ({est.n_tokens} tokens, {counted}"
+            f"{est.feature_rows:,} feature nodes, batch_size {est.batch_size}); {have or 0:.2f} GB is available. "
             f"{', '.join(advice).capitalize()} or unload other models (System page).{tail}",
             model=entry.id, need_gb=need,
         )
@@ -251,7 +263,8 @@ class GraphEngine:
                                               desired_logit_prob=req.desired_logit_prob,
                                               batch_size=req.batch_size,
                                               max_feature_nodes=req.max_feature_nodes, offload=req.offload,
-                                              progress=progress)
+                                              progress=progress, check_active=lambda n: self._check_active(
+                                                  n, req, entry, tc, dtype, len(ids)))
                 timings["attribution"] = attr.ms()
             timings.update({f"attribution.{k}": v for k, v in phases.ms.items()})
             self.cache.put_raw(raw_key, graph)
