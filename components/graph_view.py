@@ -6,7 +6,8 @@ band as tall as its busiest cell needs, and the nodes of one (position, layer) c
 slots inside it, most influential first, so no two markers are ever drawn on top of each other (a
 marker is smaller than its slot). The figure asks for exactly that size, so a plot pixel is a
 layout pixel (or, in a narrower column, markers keep a gap down to 75% of that size). Logit nodes
-carry their token and probability beside them; position labels are the tokens, horizontal, elided to their column (the full token on hover below the axis).
+carry their token and probability beside them; position labels are the tokens, horizontal, elided
+to their column (the full token on hover below the axis).
 
 Only the display-pruned graph (`components.graph_display`) is sent to the browser, so a 5,000-node
 graph stays interactive. Clicking a node selects it (returned to Python).
