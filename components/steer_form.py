@@ -180,3 +180,47 @@ def features_from_csv(data: bytes) -> list[dict[str, Any]]:
             item["label_confidence"] = float(row[cols["label_confidence"]])
         out.append(item)
     return out
+
+
+def feature_scales(rows: pd.DataFrame, model_id: str, sae_set: str, limit: int = 8) -> list[str]:
+    """A line per feature of the grid (the first `limit`) saying how strongly it fires in the corpus,
+    so an amount can be chosen on the feature's own scale. Never waits for a corpus store: a feature
+    whose store is not ready says so. Answers are kept for the session."""
+    from backend.errors import BackendError
+    from backend.schemas import FeatureRef, FeatureRequest
+    from components import state
+
+    cache: dict[str, str] = st.session_state.setdefault("st_scale_cache", {})
+    lines: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for row in rows.to_dict("records"):
+        if _blank(row.get("feature")):
+            continue
+        try:
+            f = LayerFeature.parse(str(row["feature"]).strip())
+        except ValueError:
+            continue
+        if (f.layer, f.index) in seen:
+            continue
+        seen.add((f.layer, f.index))
+        if len(seen) > limit:
+            break
+        key = f"{model_id}|{sae_set}|{f.layer}:{f.index}"
+        if key not in cache:
+            req = FeatureRequest(feature=FeatureRef(model=model_id, sae_set=sae_set, layer=f.layer, index=f.index),
+                                 n_examples=0, n_quantiles=0, examples_per_quantile=0, n_logits=0,
+                                 wait_for_store=False)
+            try:
+                res = state.backend().feature(req)
+            except BackendError as exc:
+                lines.append(f"{f.layer}:{f.index}: {state.markdown_text(state.clip_message(exc.message))}")
+                continue
+            if res.max_activation is None:
+                why = "the corpus store is being built" if res.store_status == "pending" else "no corpus store"
+                lines.append(f"{f.layer}:{f.index}: its corpus maximum is not known yet ({why}).")
+                continue  # not cached: the store may be ready next time
+            mean = f", {res.mean_activation:.3g} on average when active" if res.mean_activation else ""
+            cache[key] = (f"{f.layer}:{f.index} fires up to {res.max_activation:.3g} in the corpus{mean}: "
+                          "a delta or set_value of that size is a strong firing.")
+        lines.append(cache[key])
+    return lines

@@ -14,6 +14,7 @@ from components import demo_defaults, state
 from components.experiment_views import render_experiment
 from components.page_state import DEFAULT_PROMPT, SteerState
 from components.steer_form import (
+    feature_scales,
     features_from_csv,
     features_from_rows,
     initial_rows,
@@ -312,6 +313,8 @@ def main() -> None:
     state.set_query_params(sae_set=set_id)  # the URL names the set steered, not the sidebar's
     st.markdown("**Interventions**")
     rows = render_interventions(initial_rows(*rows_from), key=f"st_rows::{st.session_state.get('st_rows_n', 0)}")
+    for line in feature_scales(rows, model.id, set_id):
+        st.caption(line)
     settings = settings_inputs()
     tab_steer, tab_sweep, tab_exp = st.tabs(["Steer", "Alpha sweep", "Experiments"])
     with tab_steer:

@@ -177,3 +177,15 @@ def test_a_link_to_a_transcoder_feature_steers_the_transcoder(hf_cache):
     assert list(ivs["writes to"]) == ["blocks.1.hook_mlp_out"]
 
 
+
+
+def test_the_grid_says_how_strongly_each_feature_fires(steered, backend):
+    """Repro 12 of issue 12: the page shows a sensible amount, the feature's corpus maximum, taken
+    from the feature's dashboard (its store is ready by now: the `backend` fixture built it)."""
+    from backend.schemas import FeatureRef, FeatureRequest
+
+    want = backend.feature(FeatureRequest(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=7)))
+    assert want.max_activation is not None
+    at = steer_page(feature="1:7", prompt=PROMPT)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith(f"1:7 fires up to {want.max_activation:.3g} in the corpus") for c in captions), captions
