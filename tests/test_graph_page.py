@@ -143,7 +143,7 @@ def test_over_limit_prompt_is_refused_on_the_page(hf_cache):
     at.text_area(key="graph_prompt").input("many tokens " * 400)
     at.button(key="FormSubmitter:graph_form-Generate").click().run()
     assert not at.exception
-    assert any("the limit is 256" in w.proto.body for w in at.warning)
+    assert any("the limit is 256" in e.proto.body for e in at.error)  # a refusal is an error (issue 12)
     assert "graph_doc" not in at.session_state
 
 
@@ -267,7 +267,7 @@ def test_steering_from_the_subgraph_equals_the_steering_pages_answer(shared):
     assert [t.text for t in mine.prompt_tokens] == [t.text for t in theirs.prompt_tokens]
     assert mine.default_ids == theirs.default_ids and mine.steered_ids == theirs.steered_ids
     assert mine.metrics == theirs.metrics
-    assert mine.STEERED_LOGITS_BY_TOKEN == theirs.STEERED_LOGITS_BY_TOKEN
+    assert mine.steered_logits_by_token == theirs.steered_logits_by_token
     assert mine.metrics.kl_divergence > 0, "the ablation changes the next-token distribution"
     shown = "\n".join(m.proto.body for m in at.markdown)
     assert "**DEFAULT**" in shown and "**STEERED**" in shown
