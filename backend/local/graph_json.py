@@ -21,22 +21,6 @@ from typing import Any
 ERROR_TYPE = "mlp reconstruction error"
 
 
-def prune(graph: Any, node_threshold: float, edge_threshold: float, device: str) -> tuple[Any, Any, Any]:
-    """circuit-tracer's `prune_graph` (on the GPU when the model is on one); masks on the CPU."""
-    import torch
-    from circuit_tracer.graph import prune_graph
-
-    if device == "cuda":
-        graph.to("cuda")
-        try:
-            return tuple(t.cpu() for t in prune_graph(graph, node_threshold, edge_threshold))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-        finally:
-            graph.to("cpu")
-    return tuple(prune_graph(graph, node_threshold, edge_threshold))
-
-
 def graph_scores(graph: Any) -> dict[str, float]:
     """circuit-tracer's replacement and completeness scores of the (unpruned) graph."""
     from circuit_tracer.graph import compute_graph_scores
