@@ -102,3 +102,30 @@ def remote_service(backend, topk_catalog: Path):
     env = {"FEATURESCOPE_CATALOG_PATH": str(topk_catalog)}
     with service_process(env, key=secrets.token_urlsafe(24)) as server:
         yield server
+
+
+# ------------------------------------------------- the app in Chromium (for the browser tests)
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def server(hf_cache):
+    """The real app (`streamlit run app.py`) on a free loopback port, one per test module."""
+    from tests.servers import streamlit_server
+
+    with streamlit_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium through Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: `make browser`)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()

@@ -3,33 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import pytest
 
 from tests.servers import streamlit_server
 
-CHROMIUM = "/usr/bin/chromium"
 XSS = "A <script>alert(1)</script> test <img src=x onerror=alert(1)> here"
-
-
-@pytest.fixture(scope="module")
-def server(hf_cache):
-    with streamlit_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: `make browser`)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
 
 
 def test_highlighter_in_chromium(server, browser, output_dir):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from tests.servers import streamlit_server
-from tests.test_browser import browser  # noqa: F401 (the fixture)
 
 PASSWORD = "plasma-2024"
 
@@ -18,7 +17,7 @@ def gated_server(hf_cache):
         yield url
 
 
-def test_first_visitor_to_a_page_url_meets_the_gate(gated_server, browser, output_dir):  # noqa: F811
+def test_first_visitor_to_a_page_url_meets_the_gate(gated_server, browser, output_dir):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.goto(f"{gated_server}/system", wait_until="domcontentloaded")
     box = page.get_by_label("Team password")

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import streamlit_server
 from tests.test_graph_layout import crowded_graph
 
-CHROMIUM = "/usr/bin/chromium"
 PICKS = 50
 DENSE = 500
 SELECTED = """() => {
@@ -44,25 +42,6 @@ def wait_idle(page, quiet_ms: int = 800, timeout_ms: int = 120_000) -> None:
         page.wait_for_timeout(100)
         waited += 100
         quiet = 0 if page.locator(RUNNING).count() else quiet + 100
-
-
-@pytest.fixture(scope="module")
-def server(hf_cache):
-    with streamlit_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: `make browser`)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
 
 
 def wait_selected(page, node: str, timeout_ms: int = 120_000) -> None:

@@ -17,7 +17,6 @@ import tomllib
 from components.gate import FREE_TRIES, MAX_DELAY_S, Throttle
 from tests.conftest import REPO
 from tests.servers import streamlit_server
-from tests.test_browser import browser  # noqa: F401 (the fixture)
 
 PASSWORD = "kettle-at-dawn-17"
 
@@ -69,7 +68,7 @@ def send_and_wait(ws, message) -> list[str]:
     return kinds
 
 
-def test_an_anonymous_clear_cache_does_not_drop_the_signed_in_users_model(gated, browser):  # noqa: F811
+def test_an_anonymous_clear_cache_does_not_drop_the_signed_in_users_model(gated, browser):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.goto(gated, wait_until="domcontentloaded")
     page.get_by_label("Team password").wait_for(timeout=120_000)

@@ -7,19 +7,9 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlparse
 
-import pytest
 from playwright.sync_api import expect
 
-from tests.servers import streamlit_server
-from tests.test_browser import browser  # noqa: F401  (the module's Chromium)
-
 LONG = 120_000  # ms: the first analysis loads the demo model
-
-
-@pytest.fixture(scope="module")
-def server(hf_cache):
-    with streamlit_server() as url:
-        yield url
 
 
 def query(page) -> dict[str, str]:
@@ -48,7 +38,7 @@ def settled(page) -> None:
     page.wait_for_timeout(300)
 
 
-def test_errors_are_errors_and_input_is_checked_first(server, browser, output_dir):  # noqa: F811
+def test_errors_are_errors_and_input_is_checked_first(server, browser, output_dir):
     """Repros 1, 4 and 10: over-limit text, a feature that does not exist, empty input and a
     100,000-character field give visible errors or messages, never a 'done' over nothing."""
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -77,7 +67,7 @@ def test_errors_are_errors_and_input_is_checked_first(server, browser, output_di
     page.screenshot(path=str(output_dir / "journey-no-such-feature.png"), full_page=True)
 
 
-def test_the_users_place_is_kept(server, browser, output_dir):  # noqa: F811
+def test_the_users_place_is_kept(server, browser, output_dir):
     """Repros 6, 7 and 9: the layer picker follows the mode at once; typed text survives another
     page and browser Back; a ticked table row does not jump to another feature on a new text."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
@@ -128,7 +118,7 @@ def test_the_users_place_is_kept(server, browser, output_dir):  # noqa: F811
     page.screenshot(path=str(output_dir / "journey-kept.png"), full_page=True)
 
 
-def test_explanations_stay_with_their_feature_and_links_carry_context(server, browser, output_dir):  # noqa: F811
+def test_explanations_stay_with_their_feature_and_links_carry_context(server, browser, output_dir):
     """Repro 2 (an explanation typed for 1:1636 does not follow Next →) and the links: the dashboard's
     Steer it, the highlighter's Steer it with its text."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
