@@ -425,6 +425,14 @@ def blank(text: str | None) -> bool:
     return not text or not "".join(ch for ch in text if unicodedata.category(ch)[0] not in "CZ")
 
 
+def text_problem(text: str | None, what: str, if_blank: str, limit: int | None = None) -> str | None:
+    """The one check of a typed text before it is sent: `if_blank` when it is blank, a message naming
+    `what` when it is over `limit` characters (default: the backend's max_text_chars), else None."""
+    if blank(text):
+        return if_blank
+    return too_long(what, text or "", limits().max_text_chars if limit is None else limit)
+
+
 _prebuild = {"started": False}
 _prebuild_lock = threading.Lock()
 PREBUILD_ENV = "FEATURESCOPE_UI_PREBUILD_STORES"  # "0": build the demo stores on first use only

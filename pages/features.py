@@ -143,9 +143,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
             text = fs.take("search_text", st.text_area("Text", key=fs.bind("search_text"), height=80,
                                                        placeholder="Features that fire most on this text…"))
             if st.form_submit_button("Search"):
-                problem = ("Type some text to search with." if state.blank(text)
-                           else state.too_long("The text", text, lim.max_text_chars))
-                if problem:
+                if problem := state.text_problem(text, "The text", "Type some text to search with."):
                     state.warn(problem)
                 else:
                     search("text", dict(model=model.id, sae_set=set_id, mode="text", text=text,
@@ -156,9 +154,7 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
             words = fs.take("search_words", st.text_input("Words", key=fs.bind("search_words"),
                                                           placeholder="e.g. plasma confinement"))
             if st.form_submit_button("Search"):
-                problem = ("Type a word or two to look for." if state.blank(words)
-                           else state.too_long("The query", words, lim.max_text_chars))
-                if problem:
+                if problem := state.text_problem(words, "The query", "Type a word or two to look for."):
                     state.warn(problem)
                 else:
                     search("expl", dict(model=model.id, sae_set=set_id, mode="explanation", query=words,
@@ -177,9 +173,7 @@ def try_your_text(model: ModelInfo, set_id: str, feature: tuple[int, int], resul
             go = st.form_submit_button("Show activations")
         if not go and not fs.try_text:
             return
-        lim = state.limits()
-        if problem := ("Type a text to try." if state.blank(text) else
-                       state.too_long("The text", text, lim.max_text_chars)):
+        if problem := state.text_problem(text, "The text", "Type a text to try."):
             state.warn(problem)
             return
         ref = LayerFeature(layer=feature[0], index=feature[1])

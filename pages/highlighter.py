@@ -50,9 +50,7 @@ def analyze(req: AnalyzeRequest) -> AnalyzeResult | None:
 
 def check_input(text: str, track_text: str, lim) -> tuple[list[LayerFeature] | None, str | None]:
     """The tracked features, or a message saying what to fix (checked before anything is sent)."""
-    if state.blank(text):
-        return None, "Type or paste some text to analyse."
-    if message := state.too_long("The text", text, lim.max_text_chars):
+    if message := state.text_problem(text, "The text", "Type or paste some text to analyse.", lim.max_text_chars):
         return None, message
     try:
         track = parse_track(track_text)

@@ -63,9 +63,7 @@ def follow_link(sets: dict[str, str], set_key: str, sidebar_set: str | None) -> 
 
 
 def check_prompt(prompt: str) -> str | None:
-    if state.blank(prompt):
-        return "Type a prompt to steer."
-    return state.too_long("The prompt", prompt, state.limits().max_text_chars)
+    return state.text_problem(prompt, "The prompt", "Type a prompt to steer.")
 
 
 def settings_inputs() -> dict:
