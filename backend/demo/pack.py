@@ -14,6 +14,8 @@ A pack is a directory:
                                       `activation_function.threshold`; they read `hook_resid_mid`
                                       and write `hook_mlp_out` (manifest: feature_*_hook)
     explanations/<set>.json           {"<layer>": {"<index>": "explanation"}} (SAE or transcoder set)
+    stats/<set>.json                  {"tokens": n, "bos": "excluded", "density": {"<layer>": [f, ...]}}:
+                                      per feature, the share of the sample's non-BOS tokens it fires on
     corpus file (manifest `corpus`)   text the pack's corpus activation store is built from: one
                                       document per line, `.txt` or `.txt.gz`
 
@@ -46,6 +48,7 @@ class PackSaeSet(BaseModel):
     d_sae: int
     dir: str = Field(description="Directory holding layer_<L>/ SAELens folders.")
     explanations: str | None = None
+    stats: str | None = Field(None, description="stats/<set>.json: per-feature firing density.")
 
 
 class PackTranscoderSet(BaseModel):
@@ -58,6 +61,7 @@ class PackTranscoderSet(BaseModel):
     feature_input_hook: str = "hook_resid_mid"
     feature_output_hook: str = "hook_mlp_out"
     explanations: str | None = None
+    stats: str | None = Field(None, description="stats/<set>.json: per-feature firing density.")
 
 
 class Manifest(BaseModel):
@@ -148,6 +152,17 @@ class DemoPack:
             return {}
         raw = json.loads((self.root / rel).read_text())
         return {int(layer): {int(i): str(text) for i, text in feats.items()} for layer, feats in raw.items()}
+
+
+    def density(self, set_id: str) -> dict[int, list[float]]:
+        """Per layer, each feature's share of the pack's sample tokens (BOS excluded) that it fires
+        on; empty when the pack ships no statistics for the set (packs before the rebuild)."""
+        entry = self.manifest.sae_sets.get(set_id) or self.manifest.transcoder_sets.get(set_id)
+        rel = entry.stats if entry is not None else None
+        if rel is None or not (self.root / rel).exists():
+            return {}
+        raw = json.loads((self.root / rel).read_text())
+        return {int(layer): [float(v) for v in values] for layer, values in raw["density"].items()}
 
 
 _build_lock = threading.Lock()
