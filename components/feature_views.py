@@ -10,7 +10,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend.schemas import AnalyzeResult, TrackedActivations
-from components import dense
 from components.text import plot_label, plot_text, visible
 
 
@@ -33,12 +32,11 @@ def top_features_frame(result: AnalyzeResult, layers: Sequence[int],
             if pos not in keep:
                 continue
             tok = visible(result.tokens[pos].text)
-            dens = lt.densities[pos] if lt.densities is not None else [None] * len(indices)
-            for rank, (index, value, d) in enumerate(zip(indices, values, dens)):
+            for rank, (index, value) in enumerate(zip(indices, values)):
                 rows.append({"pos": pos, "token": tok, "layer": lt.layer, "feature": index,
-                             "id": f"{lt.layer}:{index}", "activation": round(value, 4), "density": d,
+                             "id": f"{lt.layer}:{index}", "activation": round(value, 4),
                              "explanation": lt.explanations.get(index, ""), "rank": rank})
-    frame = pd.DataFrame(rows, columns=["pos", "token", "layer", "feature", "id", "activation", "density",
+    frame = pd.DataFrame(rows, columns=["pos", "token", "layer", "feature", "id", "activation",
                                         "explanation", "rank"])
     return frame.sort_values(["pos", "activation"], ascending=[True, False], ignore_index=True)
 
@@ -58,7 +56,6 @@ def render_top_features_table(frame: pd.DataFrame, *, key: str) -> tuple[int, in
         column_config={
             "activation": st.column_config.ProgressColumn(
                 "activation", format="%.3f", min_value=0.0, max_value=float(frame["activation"].max() or 1.0)),
-            "density": dense.column(),
             "explanation": st.column_config.TextColumn("explanation", width="large"),
         },
     )

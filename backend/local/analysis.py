@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from backend.errors import InvalidRequest, LimitExceeded
-from backend.local import density
 from backend.local.dictionaries import FeatureDictionary
 from backend.protocol import Progress
 from backend.schemas import AnalyzeRequest, AnalyzeResult, LayerTopK, TokenInfo, TrackedActivations
@@ -82,8 +80,8 @@ def tokenize(model, text: str, *, prepend_bos: bool, window: int | None, max_tok
         raise LimitExceeded("The text (tokens)", n, limit, f"Shorten it; the limit is {which}.")
     special = set(tok.all_special_ids)
     pieces = token_texts(tok, ids)
-    tokens = [TokenInfo.model_construct(position=p, id=i, text=s, special=i in special)  # typed already:
-              for p, (i, s) in enumerate(zip(ids, pieces))]  # ints, str, bool; no re-validation per token
+    tokens = [TokenInfo(position=p, id=i, text=s, special=i in special)
+              for p, (i, s) in enumerate(zip(ids, pieces))]
     if window:
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = [ids[i:i + window] for i in range(0, n, window)]
@@ -161,25 +159,19 @@ def _to_host(captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor 
     return out
 
 
-def _firing_rows(vals: torch.Tensor, idx: torch.Tensor, dens: np.ndarray | None = None,
-                 ) -> tuple[list[list[int]], list[list[float]], list[list[float]] | None]:
-    """Per token the indices and values of the top-k that fire (> 0), strongest first, and their
-    densities when `dens` (the layer's per-feature array) is given: one numpy gather. Top-k is
+def _firing_rows(vals: torch.Tensor, idx: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
+    """Per token the indices and values of the top-k that fire (> 0), strongest first. Top-k is
     sorted, so the firing ones come first: only rows whose last entry does not fire need cutting."""
-    idx_np = idx.numpy()
-    indices, values = idx_np.tolist(), vals.numpy().tolist()  # numpy's tolist: the same numbers, faster
-    densities = dens[idx_np].tolist() if dens is not None else None
+    indices, values = idx.numpy().tolist(), vals.numpy().tolist()  # numpy's tolist: the same numbers, faster
     if vals.shape[-1] == 0:
-        return indices, values, densities
+        return indices, values
     short = torch.nonzero(vals[:, -1] <= 0).flatten().tolist()
     if short:
         counts = (vals[short] > 0).sum(-1).tolist()
         for row, n in zip(short, counts):
             indices[row] = indices[row][:n]
             values[row] = values[row][:n]
-            if densities is not None:
-                densities[row] = densities[row][:n]
-    return indices, values, densities
+    return indices, values
 
 
 def to_results(
@@ -188,32 +180,25 @@ def to_results(
     track: dict[int, list[int]],
     explain: dict[int, dict[int, str]],
     neuronpedia: dict[int, str | None],
-    densities: dict[int, np.ndarray | None] | None = None,
 ) -> tuple[list[LayerTopK], list[TrackedActivations]]:
-    """Plain results: per layer of `top_layers` the firing top-k per token (with their densities
-    where `densities` has the layer's array); per tracked feature its activation on every token.
-    The lists come from `tolist()` (Python ints and floats), so the models are built without
-    re-validating tens of thousands of numbers."""
+    """Plain results: per layer of `top_layers` the firing top-k per token; per tracked feature
+    its activation on every token. The lists come from `tolist()` (Python ints and floats), so the
+    models are built without re-validating tens of thousands of numbers."""
     layers: list[LayerTopK] = []
     for d in top_layers:
         vals, idx, _ = captured[d.layer]
-        dens = (densities or {}).get(d.layer)
-        if dens is not None and len(dens) != d.d_sae:  # a store of another SAE width: no densities
-            dens = None
-        indices, values, dens_rows = _firing_rows(vals, idx, dens)
+        indices, values = _firing_rows(vals, idx)
         names = explain.get(d.layer, {})
         listed = {i for row in indices for i in row} if names else set()
         layers.append(LayerTopK.model_construct(
             layer=d.layer, hook_name=d.hook_name, d_sae=d.d_sae, neuronpedia_id=neuronpedia.get(d.layer),
-            indices=indices, values=values, explanations={i: names[i] for i in listed if i in names},
-            densities=dens_rows))
+            indices=indices, values=values, explanations={i: names[i] for i in listed if i in names}))
     tracked_out: list[TrackedActivations] = []
     for layer, indices in track.items():
         columns = captured[layer][2]
         names = explain.get(layer, {})
         for j, index in enumerate(indices):
             tracked_out.append(TrackedActivations(layer=layer, index=index, explanation=names.get(index),
-                                                  density=density.at((densities or {}).get(layer), index),
                                                   values=columns[:, j].tolist()))
     return layers, tracked_out
 
@@ -255,7 +240,6 @@ def analyze(rt: Runtime, req: AnalyzeRequest, progress: Progress | None = None) 
         captured = run_dictionaries(model, dictionaries, tokens, req.k, track)
     explain = rt.explanations.for_set(entry.id, sae_set.id, run_layers) if req.include_explanations else {}
     neuronpedia = {layer: sae_set.neuronpedia_for(layer) for layer in run_layers}
-    dens = density.layers(rt, entry.id, sae_set.id, run_layers)
-    top_layers, tracked = to_results(captured, dictionaries[:len(layers)], track, explain, neuronpedia, dens)
+    top_layers, tracked = to_results(captured, dictionaries[:len(layers)], track, explain, neuronpedia)
     return AnalyzeResult(model=entry.id, sae_set=sae_set.id, tokens=tokens.tokens, layers=top_layers,
                          tracked=tracked, window=tokens.window, label=loaded.label, elapsed_ms=timer.ms())
