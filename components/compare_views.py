@@ -30,7 +30,7 @@ DEFAULT_SENTENCES = [
 DEFAULT_TERMS = ["tokamak", "plasma", "confinement", "H-mode"]
 ABSENT = "absent"
 FEATURE_COLUMNS = ["model", "sae_set", "layer", "feature", "mean on terms", "max on terms", "fires on terms",
-                   "fires elsewhere", "specific", "terms", "explanation", "neuronpedia"]
+                   "fires elsewhere", "specific", "terms", "density", "explanation", "neuronpedia"]
 PALETTE = ["#1f77b4", "#e8710a", "#2ca02c", "#9467bd", "#8c564b", "#d62728"]
 
 
@@ -162,7 +162,7 @@ def features_frame(result: CompareResult, *, specific_only: bool = False) -> pd.
                 "mean on terms": round(feat.mean_on_terms, 4), "max on terms": round(feat.max_on_terms, 4),
                 "fires on terms": round(feat.term_rate, 3),
                 "fires elsewhere": _r(feat.other_rate),
-                "specific": feat.specific, "terms": ", ".join(feat.terms),
+                "specific": feat.specific, "terms": ", ".join(feat.terms), "density": feat.density,
                 "explanation": feat.explanation or "", "neuronpedia": feat.neuronpedia_url,
             })
     return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
@@ -287,7 +287,8 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str,
                        f"terms and on at most {f.specific_max_other_rate:.0%} of the other tokens.")
             one = CompareResult(models=[m], sentences=result.sentences, domain_terms=result.domain_terms)
             frame = features_frame(one, specific_only=specific_only)
-            hidden = ~pd.Series(dense.keep(frame["explanation"], dense_threshold), index=frame.index, dtype=bool)
+            hidden = ~pd.Series(dense.keep(frame["density"], frame["explanation"], dense_threshold),
+                                index=frame.index, dtype=bool)
             dense.hidden_note(int(hidden.sum()), dense_threshold)
             frame = frame[~hidden].reset_index(drop=True)
             if frame.empty:
@@ -307,6 +308,7 @@ def render_features(result: CompareResult, *, specific_only: bool, key: str,
                     "fires on terms": st.column_config.NumberColumn(format="percent"),
                     "fires elsewhere": st.column_config.NumberColumn(format="percent"),
                     "specific": st.column_config.CheckboxColumn("specific"),
+                    "density": dense.column(),
                     "dashboard": st.column_config.LinkColumn(
                         "feature", display_text=r"feature=(\d+:\d+)", help="Open the feature's dashboard"),
                     "neuronpedia": st.column_config.LinkColumn("Neuronpedia", display_text="open ↗"),

@@ -2,10 +2,12 @@
 text) in the highlighter, the search hits and compare: a switch, on by default, a threshold, and
 the number hidden always shown.
 
-A feature's density comes from its explanation: the demo pack's explanations end with
-"(dense: fires on 20% of tokens)" for every feature above 10% of its sample.
-TODO(density): analyze/search/compare results carry no density field yet; when they do, read it
-here instead of the explanation's note.
+A feature's density is data from the backend: the `density` of a search hit, a compare feature or
+a tracked feature, and `LayerTopK.densities` (parallel to the top-k indices) in an analysis; it is
+the corpus store's count / tokens, else the demo pack's statistics (`backend/local/density.py`).
+Only where the field is None (a remote service older than the field, or the demo pack before it
+shipped statistics and before its corpus store is built) does the demo explanations' note
+"(dense: fires on 20% of tokens)" stand in for it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ _NOTE = re.compile(r"dense: fires on (\d+(?:\.\d+)?)% of tokens")
 DEFAULT_THRESHOLD = 0.10
 
 
-def density(explanation: str | None) -> float | None:
-    """The share of tokens the feature fires on, as its explanation states it, else None."""
+def noted_density(explanation: str | None) -> float | None:
+    """The share of tokens the feature fires on, as the demo pack's explanation note states it."""
     m = _NOTE.search(explanation or "")
     return float(m.group(1)) / 100 if m else None
 
 
-def is_dense(explanation: str | None, threshold: float | None) -> bool:
-    d = density(explanation)
+def density(value: float | None, explanation: str | None = None) -> float | None:
+    """The feature's density: the backend's field, else (older services and packs) the note."""
+    if value is not None and value == value:  # NaN (a missing cell in a frame) counts as unknown
+        return float(value)
+    return noted_density(explanation)
+
+
+def is_dense(value: float | None, threshold: float | None, explanation: str | None = None) -> bool:
+    d = density(value, explanation)
     return threshold is not None and d is not None and d >= threshold
 
 
@@ -46,5 +55,14 @@ def hidden_note(n_hidden: int, threshold: float | None) -> None:
                    "*Hide dense features* off to show them.")
 
 
-def keep(explanations: Iterable[str | None], threshold: float | None) -> list[bool]:
-    return [not is_dense(e, threshold) for e in explanations]
+def keep(densities: Iterable[float | None], explanations: Iterable[str | None],
+         threshold: float | None) -> list[bool]:
+    """Per row, whether it stays shown (not dense at `threshold`)."""
+    return [not is_dense(d, threshold, e) for d, e in zip(densities, explanations, strict=True)]
+
+
+def column(**extra: object):
+    """The column config of a density column (a share, shown as a percentage)."""
+    return st.column_config.NumberColumn("density", format="percent",
+                                         help="Share of corpus tokens the feature fires on (empty: not known).",
+                                         **extra)

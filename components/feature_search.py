@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from backend.schemas import SearchResult
+from components import dense
 from components.text import visible
 
 
@@ -16,9 +17,9 @@ def hits_frame(result: SearchResult) -> pd.DataFrame:
                      "index": h.feature.index, "score": round(h.score, 4),
                      "vs corpus max": None if h.relative is None else round(h.relative, 3),
                      "top token": visible(h.top_token) if h.top_token is not None else "",
-                     "explanation": h.explanation or ""})
+                     "density": h.density, "explanation": h.explanation or ""})
     return pd.DataFrame(rows, columns=["feature", "layer", "index", "score", "vs corpus max", "top token",
-                                       "explanation"])
+                                       "density", "explanation"])
 
 
 def render_hits(result: SearchResult, *, key: str) -> tuple[int, int] | None:
@@ -34,7 +35,8 @@ def render_hits(result: SearchResult, *, key: str) -> tuple[int, int] | None:
         columns = [c for c in columns if c not in ("vs corpus max", "top token")]
     event = st.dataframe(frame[columns], key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
                          width="stretch",
-                         column_config={"explanation": st.column_config.TextColumn("explanation", width="large")})
+                         column_config={"density": dense.column(),
+                                        "explanation": st.column_config.TextColumn("explanation", width="large")})
     rows = event.selection.rows if event is not None else []
     if rows:
         row = frame.iloc[rows[0]]

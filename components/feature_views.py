@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend.schemas import AnalyzeResult, TrackedActivations
+from components import dense
 from components.text import plot_label, plot_text, visible
 
 
@@ -32,11 +33,12 @@ def top_features_frame(result: AnalyzeResult, layers: Sequence[int],
             if pos not in keep:
                 continue
             tok = visible(result.tokens[pos].text)
-            for rank, (index, value) in enumerate(zip(indices, values)):
+            dens = lt.densities[pos] if lt.densities is not None else [None] * len(indices)
+            for rank, (index, value, d) in enumerate(zip(indices, values, dens)):
                 rows.append({"pos": pos, "token": tok, "layer": lt.layer, "feature": index,
-                             "id": f"{lt.layer}:{index}", "activation": round(value, 4),
+                             "id": f"{lt.layer}:{index}", "activation": round(value, 4), "density": d,
                              "explanation": lt.explanations.get(index, ""), "rank": rank})
-    frame = pd.DataFrame(rows, columns=["pos", "token", "layer", "feature", "id", "activation",
+    frame = pd.DataFrame(rows, columns=["pos", "token", "layer", "feature", "id", "activation", "density",
                                         "explanation", "rank"])
     return frame.sort_values(["pos", "activation"], ascending=[True, False], ignore_index=True)
 
@@ -56,6 +58,7 @@ def render_top_features_table(frame: pd.DataFrame, *, key: str) -> tuple[int, in
         column_config={
             "activation": st.column_config.ProgressColumn(
                 "activation", format="%.3f", min_value=0.0, max_value=float(frame["activation"].max() or 1.0)),
+            "density": dense.column(),
             "explanation": st.column_config.TextColumn("explanation", width="large"),
         },
     )

@@ -115,7 +115,7 @@ def show_hits(name: str, threshold: float | None) -> None:
     result = st.session_state.get(f"fb_hits_{name}")
     if result is None:
         return
-    kept = [h for h in result.hits if not dense.is_dense(h.explanation, threshold)]
+    kept = [h for h in result.hits if not dense.is_dense(h.density, threshold, h.explanation)]
     dense.hidden_note(len(result.hits) - len(kept), threshold)
     picked = render_hits(result.model_copy(update={"hits": kept}), key=hits_key(name, None))
     if picked and picked != st.session_state.get(f"fb_hits_{name}_pick"):

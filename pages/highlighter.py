@@ -154,7 +154,8 @@ def main() -> None:
 
     frame = top_features_frame(result, shown_layers, positions)
     threshold = dense.render_filter(key="hl_dense")
-    hidden = frame[~pd.Series(dense.keep(frame["explanation"], threshold), index=frame.index, dtype=bool)]
+    hidden = frame[~pd.Series(dense.keep(frame["density"], frame["explanation"], threshold), index=frame.index,
+                              dtype=bool)]
     skip = frozenset(zip(hidden["layer"], hidden["feature"]))
     frame = frame.drop(hidden.index).reset_index(drop=True)
     dense.hidden_note(len(skip), threshold)

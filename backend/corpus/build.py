@@ -39,7 +39,7 @@ from backend.corpus import sets
 from backend.corpus.merge import merge_stores
 from backend.corpus.shards import SPEC_FORMAT, SPEC_VERSION, build_shard
 from backend.corpus.sources import SourceSpec, documents, fingerprint
-from backend.corpus.store import CorpusStore
+from backend.corpus.store import CorpusStore, default_store_path  # noqa: F401 (re-exported)
 from backend.corpus.writer import partial_path
 from backend.errors import Busy, InvalidRequest, StoreError
 from backend.protocol import Progress, no_progress
@@ -94,10 +94,6 @@ def record_inputs(out: Path, inputs: dict[str, Any]) -> None:
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
-
-
-def default_store_path(store_dir: Path, model: str, sae_set: str) -> Path:
-    return Path(store_dir) / f"{model}--{sae_set}.h5"
 
 
 class Monitor:

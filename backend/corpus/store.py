@@ -26,6 +26,11 @@ from backend.errors import StoreError
 DOC_CACHE_LIMIT = 1 << 23  # document offsets kept in memory up to this many documents
 
 
+def default_store_path(store_dir: Path, model: str, sae_set: str) -> Path:
+    """Where the store of (model, set) lives under the store directory."""
+    return Path(store_dir) / f"{model}--{sae_set}.h5"
+
+
 def rebuild_advice(path: Path) -> str:
     return (f"Delete {path} and build it again (python -m backend.corpus build ...); the demo model's "
             "store is rebuilt on next use.")

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from backend.errors import InvalidRequest, LimitExceeded
+from backend.local import density
 from backend.local.dictionaries import FeatureDictionary
 from backend.protocol import Progress
 from backend.schemas import AnalyzeRequest, AnalyzeResult, LayerTopK, TokenInfo, TrackedActivations
@@ -159,19 +161,25 @@ def _to_host(captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor 
     return out
 
 
-def _firing_rows(vals: torch.Tensor, idx: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
-    """Per token the indices and values of the top-k that fire (> 0), strongest first. Top-k is
+def _firing_rows(vals: torch.Tensor, idx: torch.Tensor, dens: np.ndarray | None = None,
+                 ) -> tuple[list[list[int]], list[list[float]], list[list[float]] | None]:
+    """Per token the indices and values of the top-k that fire (> 0), strongest first, and their
+    densities when `dens` (the layer's per-feature array) is given: one numpy gather. Top-k is
     sorted, so the firing ones come first: only rows whose last entry does not fire need cutting."""
-    indices, values = idx.numpy().tolist(), vals.numpy().tolist()  # numpy's tolist: the same numbers, faster
+    idx_np = idx.numpy()
+    indices, values = idx_np.tolist(), vals.numpy().tolist()  # numpy's tolist: the same numbers, faster
+    densities = dens[idx_np].tolist() if dens is not None else None
     if vals.shape[-1] == 0:
-        return indices, values
+        return indices, values, densities
     short = torch.nonzero(vals[:, -1] <= 0).flatten().tolist()
     if short:
         counts = (vals[short] > 0).sum(-1).tolist()
         for row, n in zip(short, counts):
             indices[row] = indices[row][:n]
             values[row] = values[row][:n]
-    return indices, values
+            if densities is not None:
+                densities[row] = densities[row][:n]
+    return indices, values, densities
 
 
 def to_results(
@@ -180,25 +188,32 @@ def to_results(
     track: dict[int, list[int]],
     explain: dict[int, dict[int, str]],
     neuronpedia: dict[int, str | None],
+    densities: dict[int, np.ndarray | None] | None = None,
 ) -> tuple[list[LayerTopK], list[TrackedActivations]]:
-    """Plain results: per layer of `top_layers` the firing top-k per token; per tracked feature
-    its activation on every token. The lists come from `tolist()` (Python ints and floats), so the
-    models are built without re-validating tens of thousands of numbers."""
+    """Plain results: per layer of `top_layers` the firing top-k per token (with their densities
+    where `densities` has the layer's array); per tracked feature its activation on every token.
+    The lists come from `tolist()` (Python ints and floats), so the models are built without
+    re-validating tens of thousands of numbers."""
     layers: list[LayerTopK] = []
     for d in top_layers:
         vals, idx, _ = captured[d.layer]
-        indices, values = _firing_rows(vals, idx)
+        dens = (densities or {}).get(d.layer)
+        if dens is not None and len(dens) != d.d_sae:  # a store of another SAE width: no densities
+            dens = None
+        indices, values, dens_rows = _firing_rows(vals, idx, dens)
         names = explain.get(d.layer, {})
         listed = {i for row in indices for i in row} if names else set()
         layers.append(LayerTopK.model_construct(
             layer=d.layer, hook_name=d.hook_name, d_sae=d.d_sae, neuronpedia_id=neuronpedia.get(d.layer),
-            indices=indices, values=values, explanations={i: names[i] for i in listed if i in names}))
+            indices=indices, values=values, explanations={i: names[i] for i in listed if i in names},
+            densities=dens_rows))
     tracked_out: list[TrackedActivations] = []
     for layer, indices in track.items():
         columns = captured[layer][2]
         names = explain.get(layer, {})
         for j, index in enumerate(indices):
             tracked_out.append(TrackedActivations(layer=layer, index=index, explanation=names.get(index),
+                                                  density=density.at((densities or {}).get(layer), index),
                                                   values=columns[:, j].tolist()))
     return layers, tracked_out
 
@@ -240,6 +255,7 @@ def analyze(rt: Runtime, req: AnalyzeRequest, progress: Progress | None = None) 
         captured = run_dictionaries(model, dictionaries, tokens, req.k, track)
     explain = rt.explanations.for_set(entry.id, sae_set.id, run_layers) if req.include_explanations else {}
     neuronpedia = {layer: sae_set.neuronpedia_for(layer) for layer in run_layers}
-    top_layers, tracked = to_results(captured, dictionaries[:len(layers)], track, explain, neuronpedia)
+    dens = density.layers(rt, entry.id, sae_set.id, run_layers)
+    top_layers, tracked = to_results(captured, dictionaries[:len(layers)], track, explain, neuronpedia, dens)
     return AnalyzeResult(model=entry.id, sae_set=sae_set.id, tokens=tokens.tokens, layers=top_layers,
                          tracked=tracked, window=tokens.window, label=loaded.label, elapsed_ms=timer.ms())

@@ -21,7 +21,7 @@ import torch
 
 from backend.catalog import ModelEntry, SaeSetEntry
 from backend.errors import InvalidRequest, LimitExceeded, NotFound
-from backend.local import analysis, term_spans
+from backend.local import analysis, density, term_spans
 from backend.local.models import LoadedModel
 from backend.local.term_features import FeatureTally
 from backend.protocol import Progress, no_progress
@@ -242,8 +242,11 @@ def _feature_reading(backend: Runtime, plan: ModelPlan, tally: FeatureTally, req
                if req.include_explanations else {})
     source = sae_set.neuronpedia_for(layer)
     rate = req.specific_max_other_rate
-    feats = tally.top(req.k, rate, explain, source)
-    specific = tally.top(req.k, rate, explain, source, only_specific=True)
+    dens = density.layers(backend, plan.entry.id, sae_set.id, [layer])[layer]
+    feats = [f.model_copy(update={"density": density.at(dens, f.index)})
+             for f in tally.top(req.k, rate, explain, source)]
+    specific = [f.model_copy(update={"density": density.at(dens, f.index)})
+                for f in tally.top(req.k, rate, explain, source, only_specific=True)]
     n_active, n_specific_all = tally.counts(rate)
     return FeatureReading(
         sae_set=sae_set.id, sae_set_name=sae_set.display_name, layer=layer, hook_name=dictionary.hook_name,

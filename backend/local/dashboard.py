@@ -25,7 +25,7 @@ from backend.corpus.shards import tensor_probe
 from backend.corpus.sources import SourceSpec
 from backend.corpus.store import CorpusStore
 from backend.errors import InvalidRequest, NotFound, StoreError
-from backend.local import analysis
+from backend.local import analysis, density
 from backend.protocol import Progress, no_progress
 from backend.schemas import (
     ExplanationEdit,
@@ -143,6 +143,7 @@ def _demo_store(backend: Any, entry: Any, dset: sets.DictionarySet, path: Path, 
         return build_store(opts, backend=backend, progress=relay)
     finally:
         reg.done_building(path)
+        density.forget(backend, entry.id, dset.id)
 
 
 PENDING_NOTE = ("The corpus store of this set is being built (first use); examples and corpus statistics "
@@ -270,6 +271,8 @@ def feature(backend: Any, req: FeatureRequest, progress: Progress | None = None)
             quantiles_sampling=query.quantiles_sampling(store, req.n_quantiles) if req.n_quantiles else None)
         if count == 0:
             notes.append(f"This feature never fires on the {store.n_tokens:,} tokens of the corpus store.")
+    else:  # no store (yet): the demo pack's statistics, when it ships them
+        result["density"] = density.at(density.layers(backend, entry.id, dset.id, [ref.layer])[ref.layer], ref.index)
     return FeatureResult(**result, notes=notes, elapsed_ms=timer.ms())
 
 
@@ -285,6 +288,7 @@ def _search_explanations(backend: Any, req: SearchRequest, entry: Any, dset: set
         raise InvalidRequest("Type the words to look for in the explanations.")
     phrase = " ".join(words)
     hits = []
+    dens = density.layers(backend, entry.id, dset.id, layers)
     for layer, feats in backend.explanations.for_set(entry.id, dset.id, layers).items():
         for index, text in feats.items():
             have = _words(text)
@@ -292,7 +296,8 @@ def _search_explanations(backend: Any, req: SearchRequest, entry: Any, dset: set
             if all(any(h.startswith(w) for h in have) for w in words):
                 score = sum(h.startswith(w) for w in words for h in have) + (2.0 if phrase in joined else 0.0)
                 hits.append(FeatureHit(feature=FeatureRef(model=entry.id, sae_set=dset.id, layer=layer, index=index),
-                                       score=float(score), explanation=text))
+                                       score=float(score), explanation=text,
+                                       density=density.at(dens.get(layer), index)))
     hits.sort(key=lambda h: (-h.score, h.feature.layer, h.feature.index))
     return hits[:req.k]
 
@@ -337,13 +342,15 @@ def _search_text(backend: Any, req: SearchRequest, entry: Any, dset: sets.Dictio
     candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
     notes: list[str] = []
     corpus_peaks = _corpus_peaks(backend, entry, dset, notes)
+    dens = density.layers(backend, entry.id, dset.id, layers)
     hits = []
     for v, layer, i, pos, n in candidates[:req.k]:
         peak = corpus_peaks.get(layer)
         rel = v / float(peak[i]) if peak is not None and peak[i] > 0 else None
         hits.append(FeatureHit(feature=FeatureRef(model=entry.id, sae_set=dset.id, layer=layer, index=i), score=v,
                                max_activation=v, explanation=explain.get(layer, {}).get(i), n_active_tokens=n,
-                               top_position=pos, top_token=tokens.tokens[pos].text, relative=rel))
+                               top_position=pos, top_token=tokens.tokens[pos].text, relative=rel,
+                               density=density.at(dens.get(layer), i)))
     return hits, tokens.n_tokens, loaded.label, notes
 
 

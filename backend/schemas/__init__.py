@@ -10,7 +10,7 @@ from backend.schemas.analyze import (
     LayerTopK,
     TrackedActivations,
 )
-from backend.schemas.common import FeatureRef, LayerFeature, Request, Result, TokenInfo
+from backend.schemas.common import DENSITY, FeatureRef, LayerFeature, Request, Result, TokenInfo
 from backend.schemas.compare import (
     CompareFeature,
     CompareRequest,
@@ -80,6 +80,7 @@ __all__ = [
     "CompareFeature",
     "CompareRequest",
     "CompareResult",
+    "DENSITY",
     "DeviceInfo",
     "EnvironmentInfo",
     "EstimateRequest",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from backend.schemas.common import LayerFeature, Request, Result, TokenInfo
+from backend.schemas.common import DENSITY, LayerFeature, Request, Result, TokenInfo
 
 
 class AnalyzeRequest(Request):
@@ -22,6 +22,7 @@ class FeatureActivation(Result):
     index: int
     activation: float
     explanation: str | None = None
+    density: float | None = Field(None, description=DENSITY)
 
 
 class LayerTopK(Result):
@@ -36,16 +37,22 @@ class LayerTopK(Result):
     indices: list[list[int]] = Field(description="Per token, up to k active feature indices, strongest first.")
     values: list[list[float]] = Field(description="Their activations, row by row.")
     explanations: dict[int, str] = Field(default_factory=dict, description="Known explanations of the listed features.")
+    densities: list[list[float]] | None = Field(
+        None, description="Row by row, parallel to `indices`, each listed feature's density; None when the "
+        "set's densities are unknown. " + DENSITY)
 
     def features_at(self, pos: int) -> list[FeatureActivation]:
-        return [FeatureActivation(index=i, activation=v, explanation=self.explanations.get(i))
-                for i, v in zip(self.indices[pos], self.values[pos])]
+        dens: list[float | None] = list(self.densities[pos]) if self.densities is not None else \
+            [None] * len(self.indices[pos])
+        return [FeatureActivation(index=i, activation=v, explanation=self.explanations.get(i), density=d)
+                for i, v, d in zip(self.indices[pos], self.values[pos], dens)]
 
 
 class TrackedActivations(Result):
     layer: int
     index: int
     explanation: str | None = None
+    density: float | None = Field(None, description=DENSITY)
     values: list[float] = Field(description="Activation on every token.")
 
 

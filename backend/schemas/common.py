@@ -14,6 +14,10 @@ INT64_MAX = 2**63 - 1
 # No request number needs more: past it a value is a mistake (or an attack), not a setting.
 FLOAT_MAGNITUDE_MAX = 1e12
 
+# One wording of a feature's density wherever a result carries it.
+DENSITY = ("Share of corpus tokens the feature fires on (0-1): from the corpus store of the set when one is "
+           "built, else from the demo pack's statistics; None when neither is known.")
+
 
 @functools.cache
 def _wire_kind(annotation: Any) -> tuple[str, bool] | None:

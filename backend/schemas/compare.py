@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from backend.schemas.common import Request, Result, TokenInfo
+from backend.schemas.common import DENSITY, Request, Result, TokenInfo
 
 
 class CompareRequest(Request):
@@ -117,6 +117,7 @@ class CompareFeature(Result):
     specific: bool
     terms: list[str] = Field(default_factory=list, description="Terms it fires on.")
     explanation: str | None = None
+    density: float | None = Field(None, description=DENSITY)
     neuronpedia_url: str | None = None
 
 

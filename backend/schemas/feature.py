@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from backend.schemas.common import FeatureRef, Request, Result
+from backend.schemas.common import DENSITY, FeatureRef, Request, Result
 
 
 class FeatureRequest(Request):
@@ -72,7 +72,7 @@ class FeatureResult(Result):
     label: str | None = Field(None, description="Set for the tiny random demo pack.")
     explanation: str | None = None
     explanation_source: str | None = Field(None, description="'user', 'neuronpedia' or 'demo pack'.")
-    density: float | None = Field(None, description="Fraction of corpus tokens where it fires.")
+    density: float | None = Field(None, description=DENSITY)
     n_active: int | None = Field(None, description="Corpus tokens where it fires.")
     max_activation: float | None = None
     mean_activation: float | None = Field(None, description="Mean over tokens where it fires.")
@@ -118,6 +118,7 @@ class FeatureHit(Result):
     top_position: int | None = None
     top_token: str | None = None
     relative: float | None = Field(None, description="mode=text: peak on the text / peak over the corpus store.")
+    density: float | None = Field(None, description=DENSITY)
 
 
 class SearchResult(Result):
