@@ -39,7 +39,7 @@ def demo_setup(n_tokens: int):
     be = LocalBackend()
     loaded = be.load("demo")
     entry = be.model_entry("demo")
-    dset = sets.resolve(entry, "res", be.pack())
+    dset = sets.resolve(entry, "res")
     dicts = sets.load(be.models, loaded, dset, list(dset.layers))
     docs, total = [], 0
     for text, _ in documents(SourceSpec(str(be.pack().corpus_path()))):

@@ -197,3 +197,33 @@ def test_unknown_names_list_the_valid_ones(backend):
     with pytest.raises(InvalidRequest, match="out of range"):
         backend.analyze(AnalyzeRequest(model="gpt2-small", sae_set="res-jb", text="hi", layers=[1],
                                        track=[LayerFeature(layer=1, index=10_000)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(7,), (2, 9), (1, 33)])
+@pytest.mark.parametrize("b_dec_to_input", [True, False])
+def test_jumprelu_fast_encode_is_saelens_encode_bit_for_bit(dtype, shape, b_dec_to_input):
+    """`SaeLensDictionary.encode` takes its own path for a plain JumpReLUSAE; its numbers are SAELens'
+    `encode`'s exactly (torch.equal), whatever the dtype and leading shape."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    from backend.local.dictionaries import SaeLensDictionary, _plain_jumprelu
+
+    g = torch.Generator().manual_seed(sum(shape) + (7 if b_dec_to_input else 0))
+    d_in, d_sae = 24, 96
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, dtype=str(dtype).removeprefix("torch."),
+                                        device="cpu", apply_b_dec_to_input=b_dec_to_input))
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.b_dec, sae.threshold):
+            p.copy_(torch.randn(p.shape, generator=g).to(dtype) * 0.5)
+        sae.threshold.copy_(sae.threshold.abs() * 0.5)
+        sae.threshold[:4] = -0.2  # negative thresholds: the ReLU and the mask both matter
+    assert _plain_jumprelu(sae)
+    d = SaeLensDictionary(sae=sae, hook_name="blocks.0.hook_resid_post", layer=0)
+    x = torch.randn(*shape, d_in, generator=g)  # float32 input, cast as SAELens casts it
+    with torch.inference_mode():
+        ours = d.encode(x)
+        theirs = sae.encode(x)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert torch.equal(ours, theirs)
+    assert 0 < int((ours > 0).sum()) < ours.numel()

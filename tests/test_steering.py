@@ -433,3 +433,33 @@ def test_cost_metrics_of_an_overflowed_run_are_a_4xx_not_nan():
     steered[1, 2, 3] = float("inf")
     with pytest.raises(InvalidRequest, match="non-finite logits"):
         batch_sums(default, steered, tokens, valid)
+
+
+def test_cached_steered_generation_equals_a_loop_without_cache_token_for_token(demo):
+    """`generate` (KV cache, step hooks on each one-token step) gives the tokens of a plain loop that
+    reruns the whole sequence every step with the same edit applied at every position. The edit
+    adds the SAE's decoder row of a feature, scaled, to the residual: on the prompt through
+    `prompt_hooks`, on each generated token through `step_hooks`."""
+    from backend.local.generation import generate
+
+    loaded, sae, _ = demo
+    direction = 8.0 * sae.w_dec[3].detach()
+
+    def push(act, hook):
+        return act + direction.to(act.dtype)
+
+    hooks = [(sae.hook_name, push)]
+    n_new = 12
+    with loaded.use(30) as model:
+        prompt = model.to_tokens("The reactor reached full power at noon, and the")
+        cached = generate(model, prompt, n_tokens=n_new, temperature=0.0, freq_penalty=0.0, seed=0, top_k=3,
+                          prompt_hooks=hooks, step_hooks=hooks, stop_at_eos=False)
+        ids = prompt
+        with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+            for _ in range(n_new):
+                nxt = model(ids)[0, -1].argmax().view(1, 1)
+                ids = torch.cat([ids, nxt], dim=1)
+        plain = generate(model, prompt, n_tokens=n_new, temperature=0.0, freq_penalty=0.0, seed=0, top_k=3,
+                         stop_at_eos=False)
+    assert cached.ids == ids[0].tolist()
+    assert cached.ids != plain.ids, "the edit must change the continuation for the test to mean anything"

@@ -14,7 +14,9 @@ activation), on the device; only that leaves it.
 from __future__ import annotations
 
 import functools
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ContextManager
@@ -73,7 +75,7 @@ def windows(docs: Sequence[Sequence[int]], seq_len: int, bos: int | None, pad: i
 def encode_batch(model: Any, dictionaries: Sequence[Any], ids: torch.Tensor, valid: torch.Tensor, k: int
                  ) -> dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]]:
     """One forward pass; per layer (z_idx, z_val, (count, sum, max, hist)) over the valid tokens."""
-    out: dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]] = {}
+    on_device: dict[int, list[torch.Tensor]] = {}
     inner = torch.as_tensor(L.HIST_INNER, device=ids.device)
 
     def make_hook(d: Any):
@@ -97,16 +99,53 @@ def encode_batch(model: Any, dictionaries: Sequence[Any], ids: torch.Tensor, val
                 peak.scatter_reduce_(0, cols, vals, reduce="amax")
                 bins = torch.bucketize(vals, inner, right=True)
                 hist.index_add_(0, cols * L.N_BINS + bins, torch.ones_like(bins))
-            out[d.layer] = (top.indices.cpu().numpy(), top.values.float().cpu().numpy(),
-                            (count.cpu().numpy(), total.cpu().numpy(), peak.cpu().numpy(),
-                             hist.reshape(d.d_sae, L.N_BINS).cpu().numpy()))
+            on_device[d.layer] = [top.indices, top.values.float(), count, total, peak,
+                                  hist.reshape(d.d_sae, L.N_BINS)]
 
         return hook
 
     hooks = [(d.hook_name, make_hook(d)) for d in dictionaries]
     with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
         model(ids, return_type=None, stop_at_layer=stop_layer([d.hook_name for d in dictionaries]))
+    out: dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]] = {}
+    for layer, parts in on_device.items():  # after the pass: no synchronisation inside the hooks
+        z_idx, z_val, count, total, peak, hist = to_host(parts)
+        out[layer] = (z_idx, z_val, (count, total, peak, hist))
     return out
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """The tensors as numpy arrays (the same numbers). On CUDA each is copied into pinned host memory
+    without blocking and the stream is waited on once; on the CPU they are the tensors' own memory."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [t.cpu().numpy() for t in tensors]
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    for h, t in zip(host, tensors):
+        h.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [h.numpy() for h in host]
+
+
+def rows_that_fit(free_bytes: int, *, seq_len: int, d_model: int, d_sae: int, requested: int,
+                  fraction: float = 0.5) -> int:
+    """How many windows of one batch fit in `fraction` of `free_bytes` of device memory, at most
+    `requested` and at least 1. Per row (float32 bytes per token, the pass's peak): the widest
+    dictionary's activations three times over (pre-activation, activation, the firing mask and
+    its copy for the statistics) plus about 16 residual-width buffers of the model's pass."""
+    per_row = seq_len * 4 * (3 * d_sae + 16 * d_model)
+    fit = int(free_bytes * fraction) // max(1, per_row)
+    return max(1, min(requested, fit))
+
+
+def device_batch_rows(device: Any, dictionaries: Sequence[Any], d_model: int, seq_len: int, requested: int) -> int:
+    """`requested`, lowered on CUDA to what the device's free memory holds (`rows_that_fit`).
+    It changes nothing where the requested batch fits; where it would not, the build runs (smaller
+    batches) instead of running out of memory."""
+    if torch.device(device).type != "cuda" or not dictionaries:
+        return requested
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return rows_that_fit(free, seq_len=seq_len, d_model=d_model, d_sae=max(d.d_sae for d in dictionaries),
+                         requested=requested)
 
 
 @functools.cache
@@ -160,24 +199,70 @@ def build_shard(spec: dict[str, Any], path: Path, *, backend: Any | None = None,
         raise
 
 
+class BatchWriter:
+    """Appends batches to a `StoreWriter` on a thread of its own, in the order they were put, so that
+    the HDF5 writing of one batch overlaps the next batch's forward pass. The queue is bounded
+    (`depth` batches waiting), so memory stays bounded when the writing is the slower side. An error
+    in the writer is raised again by the next `put` or by `close`."""
+
+    def __init__(self, writer: StoreWriter, depth: int = 2) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="featurescope-store-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain, so that a blocked `put` returns
+            try:
+                for layer, (z_idx, z_val, stats) in item.items():
+                    self.writer.add_activations(layer, z_idx, z_val, stats)
+            except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, captured: dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]]) -> None:
+        self._raise()
+        self.queue.put(captured)
+
+    def close(self) -> None:
+        """Wait until every batch put is written; raise the writer's error, if any."""
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+
 def encode_documents(use: Callable[[], ContextManager[Any]], dictionaries: Sequence[Any],
                      docs: Sequence[Sequence[int]], writer: StoreWriter, *, seq_len: int, bos: int | None, pad: int,
                      batch_rows: int, k: int, on_tokens: Callable[[int], None] | None = None, shard: int = 0) -> None:
-    """Every document's windows through the model (`use()` holds it), `batch_rows` at a time; each
-    batch's rows and statistics appended to `writer`, in corpus order."""
+    """Every document's windows through the model (`use()` holds it), `batch_rows` at a time (fewer
+    where a CUDA device's free memory holds fewer); each batch's rows and statistics appended to
+    `writer` in corpus order, by a `BatchWriter` while the next batch runs."""
     rows, valid = windows(docs, seq_len, bos, pad)
-    for b, a in enumerate(range(0, len(rows), batch_rows)):
-        with use() as model:
-            device = model.cfg.device
-            ids_t = torch.as_tensor(rows[a:a + batch_rows], device=device)
-            valid_t = torch.as_tensor(valid[a:a + batch_rows], device=device)
-            captured = encode_batch(model, dictionaries, ids_t, valid_t, k)
-        for d in dictionaries:
-            z_idx, z_val, stats = captured[d.layer]
-            writer.add_activations(d.layer, z_idx, z_val, stats)
-        if on_tokens is not None:
-            on_tokens(int(valid[a:a + batch_rows].sum()))
-        faults.checkpoint("shard-batch", shard, b)
+    with use() as model:
+        batch_rows = device_batch_rows(model.cfg.device, dictionaries, int(model.cfg.d_model), seq_len, batch_rows)
+    background = BatchWriter(writer)
+    try:
+        for b, a in enumerate(range(0, len(rows), batch_rows)):
+            with use() as model:
+                device = model.cfg.device
+                ids_t = torch.as_tensor(rows[a:a + batch_rows], device=device)
+                valid_t = torch.as_tensor(valid[a:a + batch_rows], device=device)
+                captured = encode_batch(model, dictionaries, ids_t, valid_t, k)
+            background.put({d.layer: captured[d.layer] for d in dictionaries})
+            if on_tokens is not None:
+                on_tokens(int(valid[a:a + batch_rows].sum()))
+            faults.checkpoint("shard-batch", shard, b)
+    finally:
+        background.close()
 
 
 def build_shard_bytes(spec: dict[str, Any]) -> bytes:

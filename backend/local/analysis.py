@@ -82,8 +82,8 @@ def tokenize(model, text: str, *, prepend_bos: bool, window: int | None, max_tok
         raise LimitExceeded("The text (tokens)", n, limit, f"Shorten it; the limit is {which}.")
     special = set(tok.all_special_ids)
     pieces = token_texts(tok, ids)
-    tokens = [TokenInfo(position=p, id=i, text=s, special=i in special)
-              for p, (i, s) in enumerate(zip(ids, pieces))]
+    tokens = [TokenInfo.model_construct(position=p, id=i, text=s, special=i in special)  # typed already:
+              for p, (i, s) in enumerate(zip(ids, pieces))]  # ints, str, bool; no re-validation per token
     if window:
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = [ids[i:i + window] for i in range(0, n, window)]

@@ -66,10 +66,35 @@ class SaeLensDictionary:
         return _nbytes(self.sae)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and _plain_jumprelu(self.sae):
+            return _jumprelu_encode(self.sae, x)
         return self.sae.encode(x.to(self.dtype))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.sae.decode(z.to(self.dtype))
+
+
+def _plain_jumprelu(sae: Any) -> bool:
+    """A SAELens JumpReLUSAE whose `encode` is exactly `_jumprelu_encode`: no input normalisation,
+    no hook_z reshaping, a ReLU base activation and no hooks on its hook points."""
+    from sae_lens import JumpReLUSAE
+
+    return (type(sae) is JumpReLUSAE and sae.cfg.normalize_activations == "none"
+            and not getattr(sae, "hook_z_reshaping_mode", False) and type(sae.activation_fn) is torch.nn.ReLU
+            and not any(h._forward_hooks or h._forward_pre_hooks
+                        for h in (sae.hook_sae_input, sae.hook_sae_acts_pre, sae.hook_sae_acts_post)))
+
+
+def _jumprelu_encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """SAELens' `JumpReLUSAE.encode`, the same operations in the same order (so the same bits), with
+    two dense [tokens, d_sae] buffers instead of six: the bias added, the ReLU and the mask applied
+    in place (`relu(h) * (h > threshold)`, the mask taken before the ReLU as SAELens does).
+    Only without autograd (in-place ops); `tests/test_analyze.py` checks it against `sae.encode`."""
+    sae_in = x.to(sae.dtype) - sae.b_dec * sae.cfg.apply_b_dec_to_input
+    hidden = sae_in @ sae.W_enc
+    hidden += sae.b_enc
+    fires = hidden > sae.threshold
+    return hidden.relu_().mul_(fires)
 
 
 @dataclass
