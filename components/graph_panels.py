@@ -112,7 +112,7 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
     if node is None:
         return
     with st.container(border=True):
-        c1, c2 = st.columns([3, 2])
+        c1 = c2 = st  # stacked: the panel is a narrow column beside the graph
         c1.markdown("**Selected node**")
         c1.text(node_title(node, graph.tokens))  # plain text: escaped once, by Streamlit
         facts = [f"id `{node.id}`", f"type {node.kind}", f"position {node.pos}"]
@@ -135,7 +135,7 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
                 c2.page_link(steer, label="Steer this feature", query_params=to_steer)
         inputs, outputs = node_edges(doc, node_id, k=12)
         shown = {(s, t) for s, t, _ in graph.edges}
-        t1, t2 = st.columns(2)
+        t1 = t2 = st
         t1.caption("Strongest input edges (in the file; `shown`: drawn at these thresholds)")
         t1.dataframe(_edge_rows(inputs, all_nodes, graph.tokens, shown, node_id, True), hide_index=True,
                      key="graph_inputs")

@@ -1,4 +1,5 @@
-"""The layered view of an attribution graph: WebGL scatter (plotly scattergl) in the page itself.
+"""The layered view of an attribution graph: a canvas drawn by a small custom component
+(`components/graph_canvas/`: index.html and vanilla JS, no build step) from a compact payload.
 
 x is the token position, y the layer: embeddings at the bottom, logits on top. The layout works in
 screen pixels (`layout`): each position's column is as wide as its busiest cell needs, each layer's
@@ -10,10 +11,11 @@ carry their token and probability beside them; position labels are the tokens, h
 to their column (the full token on hover below the axis).
 
 Only the display-pruned graph (`components.graph_display`) is sent to the browser, so a 5,000-node
-graph stays interactive. Clicking a node selects it (returned to Python).
-
-plotly interprets a little HTML in labels and turns `&lt;`, `&gt;`, `&amp;` and numeric entities
-back into characters, so every text it shows goes through `plot_escape` exactly once.
+graph stays interactive. Edges are thin and translucent under the nodes; hovering a node highlights
+its edges and dims the rest; clicking a node returns {id, nonce} to Python. A graph wider than the
+page scrolls sideways inside the view. The canvas draws text with fillText (and the tooltip with
+textContent), so labels here are plain text, never HTML. `plot_escape` stays for the plotly
+subgraph (`graph_panels`).
 """
 
 from __future__ import annotations
@@ -23,29 +25,29 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
+import streamlit.components.v1 as st_components
 
 from components.graph_display import EMBEDDING, ERROR, FEATURE, LOGIT, DisplayGraph, DisplayNode
 from components.text import visible
 
 KIND_COLOUR = {FEATURE: "#7b61c2", ERROR: "#9e9e9e", EMBEDDING: "#3d3d3d", LOGIT: "#2e8b57"}
 # plotly's numeric symbol codes (circle, square, diamond, triangle-up): numbers validate fast
-KIND_SYMBOL = {FEATURE: 0, ERROR: 1, EMBEDDING: 2, LOGIT: 5}
 POSITIVE, NEGATIVE, SELECTED, PINNED = "#2c7fb8", "#d7301f", "#ff8c00", "#e6b800"
 
-PLOT_WIDTH = 880  # px of the plot area (the figure is 946 px; the page's wide layout leaves about that
-# beside the sidebar on a 1,500 px window, and Streamlit narrows a figure wider than its column)
+PLOT_WIDTH = 610  # px of the plot area (676 px with the margins): the graph's column (2/3 of the page's wide
+# layout beside the sidebar, 685 px on a 1,500 px window) shows it whole; a graph that needs more scrolls
 SPREAD_ROWS, SPREAD_MIN_SLOT = 4, 7
 MIN_BAND = 28.0  # px: the least height of a layer band, so the layers read as rows
 LABEL_PITCH = 13.0  # px between logit nodes, whose labels sit beside them
 COMFORTABLE_BAND = 110  # px per layer band: markers get smaller (to the smallest slot) to stay within it,
 # so a busy cell spreads sideways rather than into a tall stripe
 MAX_PLOT_HEIGHT = 2400  # px; else the biggest markers within this; else the figure grows taller
-SLOTS = (18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 4)  # px between node centres, largest that fits wins
+SLOTS = (18, 16, 14, 12, 10, 9, 8, 7, 6)  # px between node centres, largest that fits wins (else the view scrolls)
 MARKER_SHARE = 0.7  # a marker's largest diameter, as a share of its slot: markers never touch, even when
 # Streamlit narrows the figure to 75% of its width (a column of 710 px: a 1,280 px window with the sidebar)
 LOGIT_LABEL_ROOM = 150  # px right of the last column for the logit labels
@@ -239,13 +241,51 @@ def short_explanation(n: DisplayNode, chars: int = 60) -> str:
     return elide(" ".join(n.clerp.split()), chars) if n.kind == FEATURE else ""
 
 
-def hover_text(n: DisplayNode, tokens: list[str]) -> str:
-    head = node_title(n, tokens)
-    if short_explanation(n):
-        head += f" · {short_explanation(n)}"
-    lines = [f"<b>{plot_escape(head)}</b>"]
+VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+FEATURE_LABEL_MIN_CHARS = 6  # a feature's explanation is drawn beside it when at least this many fit
+CANVAS_CHAR_PX = 6.0  # width of one character at the canvas's 11 px font
+CANVAS_MARGIN = {"l": 56, "r": 10, "t": 12, "b": 26}
+_COMPONENT = st_components.declare_component("graph_canvas", path=str(Path(__file__).with_name("graph_canvas")))
+
+
+def viridis(v: float) -> str:
+    """A colour for v in [0, 1] on the viridis scale (linear between five stops)."""
+    v = min(max(v, 0.0), 1.0) * (len(VIRIDIS) - 1)
+    i = min(int(v), len(VIRIDIS) - 2)
+    f = v - i
+    a, b = VIRIDIS[i], VIRIDIS[i + 1]
+    return "#%02x%02x%02x" % tuple(round(a[k] + (b[k] - a[k]) * f) for k in range(3))
+
+
+def marker_sizes(nodes: list[DisplayNode], size_by: str, biggest: float) -> list[float]:
+    """Diameters between 75% and 100% of `biggest` (the layout's marker size)."""
+    if size_by == "activation":
+        top = max((abs(n.activation) for n in nodes if n.activation is not None), default=0.0) or 1.0
+        share = [abs(n.activation) / top if n.activation is not None else 0.3 for n in nodes]
+    elif size_by == "uniform":
+        share = [1.0] * len(nodes)
+    else:
+        share = [importance(n) for n in nodes]
+    return [round(biggest * (0.75 + 0.25 * s), 2) for s in share]
+
+
+def marker_colours(nodes: list[DisplayNode], colour_by: str) -> list[str]:
+    if colour_by == "type":
+        return [KIND_COLOUR[n.kind] for n in nodes]
+    if colour_by == "activation":
+        values = [abs(n.activation) if n.activation is not None else 0.0 for n in nodes]
+        top = max(values, default=0.0) or 1.0
+        return [viridis(v / top) for v in values]
+    return [viridis(importance(n)) for n in nodes]
+
+
+def tooltip(n: DisplayNode, tokens: list[str]) -> str:
+    """The plain-text hover of a node (the canvas sets it with textContent)."""
+    lines = [node_title(n, tokens)]
+    if n.kind == FEATURE and n.clerp:
+        lines.append(elide(" ".join(n.clerp.split()), 200))
     where = "embeddings" if n.kind == EMBEDDING else ("logits" if n.kind == LOGIT else f"layer {n.layer}")
-    tok = plot_escape(visible(tokens[n.pos])) if 0 <= n.pos < len(tokens) else "?"
+    tok = visible(tokens[n.pos]) if 0 <= n.pos < len(tokens) else "?"
     lines.append(f"{where} · position {n.pos} ({tok})")
     stats = []
     if n.activation is not None:
@@ -256,159 +296,83 @@ def hover_text(n: DisplayNode, tokens: list[str]) -> str:
         stats.append(f"p = {n.token_prob:.3f}")
     if stats:
         lines.append(" · ".join(stats))
-    if n.clerp and n.kind == FEATURE and len(" ".join(n.clerp.split())) > 60:
-        lines.append(plot_escape(elide(n.clerp, 200)))
     if n.pinned:
         lines.append("pinned")
-    return "<br>".join(lines)
+    return "\n".join(lines)
 
 
-def _marker_sizes(nodes: list[DisplayNode], size_by: str, biggest: float) -> np.ndarray:
-    """Diameters between 75% and 100% of `biggest` (the layout's marker size)."""
-    if size_by == "activation":
-        top = max((abs(n.activation) for n in nodes if n.activation is not None), default=0.0) or 1.0
-        share = [abs(n.activation) / top if n.activation is not None else 0.3 for n in nodes]
-    elif size_by == "uniform":
-        share = [1.0] * len(nodes)
-    else:
-        share = [importance(n) for n in nodes]
-    return np.array([biggest * (0.75 + 0.25 * s) for s in share], dtype=np.float32)
+def node_labels(graph: DisplayGraph, lay: Layout) -> dict[str, str]:
+    """Text drawn beside nodes: logit token and probability, embedding token, and a feature's
+    explanation shortened to the room before the next node in its row (or its column's edge)."""
+    labels = dict(lay.labels)
+    rows: dict[tuple[int, float], list[DisplayNode]] = defaultdict(list)
+    for n in graph.nodes:
+        if n.kind in (FEATURE, EMBEDDING):
+            rows[(n.pos, lay.xy[n.id][1])].append(n)
+    n_cols = len(lay.columns)
+    for (p, _), members in rows.items():
+        members.sort(key=lambda n: lay.xy[n.id][0])
+        edge = lay.columns[min(max(p, 0), n_cols - 1)][1] + lay.gap
+        for k, n in enumerate(members):
+            right = lay.xy[members[k + 1].id][0] - lay.slot / 2 if k + 1 < len(members) else edge
+            room = int((right - lay.xy[n.id][0] - lay.marker / 2 - 3) / CANVAS_CHAR_PX)
+            if n.kind == EMBEDDING:
+                tok = visible(graph.tokens[n.pos]) if 0 <= n.pos < len(graph.tokens) else "?"
+                text = elide(tok, max(room, 0))
+            else:
+                text = short_explanation(n, room) if room >= FEATURE_LABEL_MIN_CHARS else ""
+            if text:
+                labels[n.id] = text
+    return labels
 
 
-def _marker_colours(nodes: list[DisplayNode], colour_by: str) -> dict[str, Any]:
-    if colour_by == "type":
-        return {"color": np.array([KIND_COLOUR[n.kind] for n in nodes], dtype=object)}
-    if colour_by == "activation":
-        values = [n.activation if n.activation is not None else 0.0 for n in nodes]
-        title = "activation"
-    else:
-        values = [importance(n) for n in nodes]
-        title = "influence"
-    return {"color": np.array(values, dtype=np.float32), "colorscale": "Viridis", "showscale": True,
-            # horizontal, above the plot: a colorbar at the side would narrow the plot area
-            "colorbar": {"title": {"text": title, "side": "top"}, "thickness": 8, "len": 0.25, "orientation": "h",
-                         "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}}
-
-
-def _segments(segments: list[tuple[float, float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Line segments as x and y arrays with a NaN after each, as plotly draws separate lines.
-    numpy arrays, because plotly validates Python lists element by element (slow at 100k points)."""
-    a = np.asarray(segments, dtype=np.float32).reshape(-1, 4)
-    xs = np.full((len(a), 3), np.nan, dtype=np.float32)
-    ys = np.full((len(a), 3), np.nan, dtype=np.float32)
-    xs[:, 0], xs[:, 1] = a[:, 0], a[:, 2]
-    ys[:, 0], ys[:, 1] = a[:, 1], a[:, 3]
-    return xs.ravel(), ys.ravel()
-
-
-def _edge_traces(graph: DisplayGraph, pos: dict[str, tuple[float, float]]) -> list[go.Scattergl]:
-    """Edges in six traces: positive / negative x three strength bands (by |weight| terciles)."""
-    if not graph.edges:
-        return []
-    mags = sorted(abs(w) for _, _, w in graph.edges)
-    cuts = [mags[len(mags) // 3], mags[(2 * len(mags)) // 3]]
-    bands: dict[tuple[bool, int], list[tuple[float, float, float, float]]] = {}
-    for s, t, w in graph.edges:
-        if s not in pos or t not in pos:
-            continue
-        band = 0 if abs(w) < cuts[0] else (1 if abs(w) < cuts[1] else 2)
-        bands.setdefault((w >= 0, band), []).append((*pos[s], *pos[t]))
-    traces = []
-    for (positive, band), segments in sorted(bands.items()):
-        xs, ys = _segments(segments)
-        traces.append(go.Scattergl(
-            x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=band == 2,
-            name="positive edges" if positive else "negative edges",
-            line={"color": POSITIVE if positive else NEGATIVE, "width": (0.6, 1.2, 2.4)[band]},
-            opacity=(0.18, 0.35, 0.65)[band],
-        ))
-    return traces
-
-
-def graph_figure(graph: DisplayGraph, *, selected: str | None = None, colour_by: str = "influence",
-                 size_by: str = "influence", width: float = PLOT_WIDTH) -> go.Figure:
+def canvas_payload(graph: DisplayGraph, *, selected: str | None = None, colour_by: str = "influence",
+                   size_by: str = "influence", width: float = PLOT_WIDTH) -> dict[str, Any]:
+    """Everything the canvas draws, in compact columns: positions in plot pixels from the bottom-left
+    of the plot area (the pixel layout), edges as a flat [source index, target index, weight, ...]."""
     lay = layout(graph, width)
-    pos = lay.xy
-    fig = go.Figure()
-    for trace in _edge_traces(graph, pos):
-        fig.add_trace(trace)
-    if selected in pos:
-        xs, ys = _segments([(*pos[s], *pos[t]) for s, t, _ in graph.edges if selected in (s, t)])
-        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", hoverinfo="skip", name="selected node's edges",
-                                   line={"color": SELECTED, "width": 2.5}, opacity=0.9))
     nodes = graph.nodes
-    xy = np.array([pos[n.id] for n in nodes], dtype=np.float32).reshape(-1, 2)
-    fig.add_trace(go.Scattergl(
-        x=xy[:, 0], y=xy[:, 1], mode="markers", name="nodes",
-        customdata=np.array([n.id for n in nodes], dtype=object),
-        hovertext=np.array([hover_text(n, graph.tokens) for n in nodes], dtype=object),
-        hovertemplate="%{hovertext}<extra></extra>", showlegend=False,
-        marker={"size": _marker_sizes(nodes, size_by, lay.marker),
-                "symbol": np.array([KIND_SYMBOL[n.kind] for n in nodes], dtype=np.int8),
-                "line": {"width": 0.5, "color": "#ffffff"}, "opacity": 0.95,
-                **_marker_colours(nodes, colour_by)},
-    ))
-    if lay.labels:  # logit nodes: token and probability beside each
-        ids = list(lay.labels)
-        fig.add_trace(go.Scatter(
-            x=[pos[i][0] + lay.slot * 0.6 for i in ids], y=[pos[i][1] for i in ids], mode="text",
-            text=[plot_escape(lay.labels[i]) for i in ids], textposition="middle right",
-            textfont={"size": 11}, hoverinfo="skip", name="logit labels", showlegend=False))
-    rings = [n for n in nodes if n.pinned and n.id != selected] + [n for n in nodes if n.id == selected]
-    if rings:
-        fig.add_trace(go.Scattergl(
-            x=[pos[n.id][0] for n in rings], y=[pos[n.id][1] for n in rings], mode="markers",
-            customdata=[n.id for n in rings], hoverinfo="skip", name="pinned / selected", showlegend=False,
-            marker={"size": [lay.slot * 1.25 for _ in rings], "symbol": "circle-open", "line": {"width": 2},
-                    "color": [SELECTED if n.id == selected else PINNED for n in rings]},
-        ))
+    index = {n.id: i for i, n in enumerate(nodes)}
+    edges: list[float] = []
+    for s, t, w in sorted(graph.edges, key=lambda e: abs(e[2])):  # weakest first, so strong ones end on top
+        if s in index and t in index:
+            edges += [index[s], index[t], round(float(w), 5)]
+    labels = node_labels(graph, lay)
+    ring = {n.id: (SELECTED if n.id == selected else PINNED) for n in nodes if n.pinned or n.id == selected}
+    m = CANVAS_MARGIN
+    band_names = [[k, round(a, 2), round(b, 2), "Emb" if k < 0 else ("Logits" if k == graph.n_layers else f"L{k}")]
+                  for k, (a, b) in sorted(lay.bands.items())]
     centres = [(a + b) / 2 for a, b in lay.columns]
-    tokens = [visible(graph.tokens[p]) if p < len(graph.tokens) else "?" for p in range(len(centres))]
-    fig.add_trace(go.Scatter(  # the full token on hover just below each position label
-        x=centres, y=[-lay.slot * 0.9] * len(centres), mode="markers", name="positions", showlegend=False,
-        marker={"size": 14, "opacity": 0}, hovertemplate="%{hovertext}<extra></extra>",
-        hovertext=[plot_escape(f"position {p}: {t}") for p, t in enumerate(tokens)]))
-    below = lay.slot * 1.6  # room for the positions' hover targets under the embeddings
-    band_mid = {layer: (a + b) / 2 for layer, (a, b) in lay.bands.items()}
-    fig.update_layout(
-        width=lay.width + MARGIN["l"] + MARGIN["r"], height=lay.height + below + MARGIN["t"] + MARGIN["b"],
-        margin=MARGIN, dragmode="pan", hovermode="closest", clickmode="event+select",
-        plot_bgcolor="rgba(0,0,0,0)", legend={"orientation": "h", "y": 1.0, "x": 0, "yanchor": "bottom"},
-        xaxis={"tickmode": "array", "tickvals": centres,
-               "ticktext": [plot_escape(t) for t in position_labels(graph, lay)],
-               "tickangle": 0, "range": [0, lay.width], "showgrid": False, "zeroline": False,
-               "fixedrange": False},
-        yaxis={"tickmode": "array", "tickvals": list(band_mid.values()),
-               "ticktext": ["Emb" if k < 0 else ("Logits" if k == graph.n_layers else f"L{k}")
-                            for k in band_mid],
-               "range": [-below, lay.height], "showgrid": True,
-               "gridcolor": "rgba(128,128,128,0.12)", "zeroline": False},
-    )
-    return fig
-
-
-def picked_node(event: Any) -> str | None:
-    """The node id of a chart selection event (the first point that carries one)."""
-    points = ((event or {}).get("selection") or {}).get("points") or []
-    for point in points:
-        data = point.get("customdata")
-        if isinstance(data, list):
-            data = data[0] if data else None
-        if isinstance(data, str):
-            return data
-    return None
+    return {
+        "ids": [n.id for n in nodes],
+        "x": [lay.xy[n.id][0] for n in nodes], "y": [lay.xy[n.id][1] for n in nodes],
+        "r": [s / 2 for s in marker_sizes(nodes, size_by, lay.marker)],
+        "colour": marker_colours(nodes, colour_by), "kind": [n.kind for n in nodes],
+        "title": [tooltip(n, graph.tokens) for n in nodes],
+        "ring": [ring.get(n.id) for n in nodes],
+        "labels": [[index[i], t] for i, t in labels.items() if i in index],
+        "edges": edges, "edge_max": max((abs(w) for _, _, w in graph.edges), default=1.0) or 1.0,
+        "bands": band_names,
+        "positions": [[round(c, 2), t] for c, t in zip(centres, position_labels(graph, lay), strict=True)],
+        "selected": selected if selected in index else None,
+        "slot": lay.slot, "left": m["l"], "top": m["t"], "plot_w": lay.width, "plot_h": lay.height,
+        "width": lay.width + m["l"] + m["r"], "height": lay.height + m["t"] + m["b"],
+    }
 
 
 def render_graph_view(graph: DisplayGraph, *, key: str, selected: str | None, colour_by: str,
                       size_by: str, on_pick: Callable[[str], None]) -> None:
     """Draw the graph; a click on a node calls `on_pick(node id)` before the rerun it causes, so the
-    rerun already shows the selection."""
-    fig = graph_figure(graph, selected=selected, colour_by=colour_by, size_by=size_by)
+    rerun already shows the selection. The click carries a nonce, so clicking the same node again
+    still counts."""
+    payload = canvas_payload(graph, selected=selected, colour_by=colour_by, size_by=size_by)
+    seen = f"{key}__nonce"
 
     def picked() -> None:
-        node = picked_node(st.session_state.get(key))
-        if node is not None:
-            on_pick(node)
+        value = st.session_state.get(key)
+        if isinstance(value, dict) and isinstance(value.get("id"), str) and value.get("nonce") != \
+                st.session_state.get(seen):
+            st.session_state[seen] = value.get("nonce")
+            on_pick(value["id"])
 
-    st.plotly_chart(fig, key=key, on_select=picked, selection_mode="points", width="content",
-                    config={"scrollZoom": True, "displaylogo": False})
+    _COMPONENT(graph=payload, key=key, on_change=picked, default=None, height=int(payload["height"]) + 4)

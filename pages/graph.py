@@ -93,9 +93,11 @@ def viewer(doc: dict[str, Any]) -> None:
                      "first.")
     st.caption(" ".join(notes))
     view = f"{S.get('graph_chart_gen', 0)}_{nt}_{et}_{colour_by}_{size_by}"  # a new widget per view
-    render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}_{view}",
-                      selected=S.get("graph_clicked"),
-                      colour_by=colour_by, size_by=size_by, on_pick=select)
+    left, right = st.columns([2, 1])  # node detail beside the graph, as Neuronpedia shows it
+    with left:
+        render_graph_view(graph, key=f"graph_chart_{S['graph_doc_id']}_{view}",
+                          selected=S.get("graph_clicked"),
+                          colour_by=colour_by, size_by=size_by, on_pick=select)
     by_id = {n.id: n for n in graph.nodes}
     options = [None, *by_id]
     if S.get("graph_clicked") and S["graph_clicked"] not in by_id:
@@ -110,10 +112,6 @@ def viewer(doc: dict[str, Any]) -> None:
             return f"{i} (hidden at these thresholds)"
         return f"{node_title(by_id[i], graph.tokens)}  [{i}]"
 
-    pick = st.selectbox("Selected node", options, key="graph_node_pick", format_func=label)
-    if pick != S.get("graph_clicked"):
-        select(pick, from_picker=True)
-
     def toggle_pin(node_id: str) -> None:
         if node_id in pinned:
             pinned.remove(node_id)
@@ -122,9 +120,15 @@ def viewer(doc: dict[str, Any]) -> None:
         new_chart()
         st.rerun()
 
-    if S.get("graph_clicked"):
-        render_node_panel(doc, graph, S["graph_clicked"], origin=S.get("graph_origin"), pinned=pinned,
-                          on_pin=toggle_pin)
+    with right:
+        pick = st.selectbox("Selected node", options, key="graph_node_pick", format_func=label)
+        if pick != S.get("graph_clicked"):
+            select(pick, from_picker=True)
+        if S.get("graph_clicked"):
+            render_node_panel(doc, graph, S["graph_clicked"], origin=S.get("graph_origin"), pinned=pinned,
+                              on_pin=toggle_pin)
+        else:
+            st.caption("Click a node (or pick one above) to see its detail here.")
     tab_pins, tab_nodes, tab_save = st.tabs(["Pinned subgraph", "Nodes", "Save / download"])
     with tab_pins:
         render_pins(doc, graph, pinned, supernodes, origin=S.get("graph_origin"), doc_id=S["graph_doc_id"])

@@ -64,18 +64,11 @@ def test_compare_in_chromium(server, browser, output_dir):
 
 
 # Screen position of the first feature node of the chart, from plotly's own axes.
-FIRST_FEATURE = """() => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const tr = gd._fullData.find(t => t.name === 'nodes');
-  const i = tr.customdata.findIndex(id => /^\\d+_\\d+_\\d+$/.test(id));
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-  return {id: tr.customdata[i], n: tr.customdata.length, webgl: gd.querySelectorAll('canvas').length,
-          x: box.left + xa._offset + xa.l2p(tr.x[i]), y: box.top + ya._offset + ya.l2p(tr.y[i])};
-}"""
-
-
 def test_graph_view_in_chromium(server, browser, output_dir):
-    """The graph page: the WebGL view draws, hovering shows a node, clicking selects it (into the URL)."""
+    """The graph page on a generated graph: the canvas view draws, hovering a feature node shows its
+    title (the prompt's markup as text), clicking its centre selects it into the URL and the panel."""
+    from tests.test_graph_browser import NODE_CENTRES, canvas_data, settled_centres, view_frame, wait_idle
+
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -85,21 +78,27 @@ def test_graph_view_in_chromium(server, browser, output_dir):
     prompt.wait_for(timeout=120_000)
     prompt.fill("The <b>fox</b> jumps")
     page.get_by_role("button", name="Generate").click()
-    chart = page.locator(".js-plotly-plot").first
-    chart.wait_for(timeout=240_000)
-    chart.scroll_into_view_if_needed()
-    page.wait_for_timeout(1500)
-    node = page.evaluate(FIRST_FEATURE)
-    assert node["webgl"] > 0, "the view is drawn with WebGL"
-    page.mouse.move(node["x"], node["y"])
-    page.locator(".hovertext").first.wait_for(timeout=30_000)
-    assert "feature" in (page.locator(".hovertext").first.text_content() or "")
-    page.mouse.click(node["x"], node["y"])
-    page.wait_for_url(f"**node={node['id']}**", timeout=60_000)
+    handle, frame = view_frame(page)
+    wait_idle(page)
+    handle.scroll_into_view_if_needed()
+    where = settled_centres(page)
+    assert len(where["ids"]) == int(canvas_data(page, "nodes") or 0) > 0
+    i = next(k for k, node in enumerate(where["ids"]) if re.fullmatch(r"\d+_\d+_\d+", node))
+    node = where["ids"][i]
+    page.mouse.move(where["x"][i], where["y"][i])
+    page.wait_for_timeout(150)
+    assert canvas_data(page, "hovered") == node
+    tip = frame.locator("#tip")
+    assert tip.is_visible() and tip.text_content(), "the hovered node's title is shown"
+    page.mouse.click(where["x"][i], where["y"][i])
+    page.wait_for_url(f"**node={node}**", timeout=60_000)
     page.get_by_text("Strongest input edges").wait_for(timeout=60_000)
-    page.wait_for_timeout(500)
+    wait_idle(page)
+    assert canvas_data(page, "selected") == node
+    assert NODE_CENTRES(page)["ids"] == where["ids"]
     page.screenshot(path=str(output_dir / "graph.png"), full_page=True)
     assert page.locator("b", has_text="fox").count() == 0, "tokens are shown as text"
+    assert frame.locator("b").count() == 0
     assert dialogs == []
 
 

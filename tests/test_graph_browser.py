@@ -14,21 +14,30 @@ from tests.test_graph_layout import crowded_graph
 
 PICKS = 50
 DENSE = 500
-SELECTED = """() => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const ring = gd._fullData.find(t => t.name === 'pinned / selected');
-  return ring ? ring.customdata[ring.customdata.length - 1] : null;
-}"""
+VIEW = "iframe[title*='graph_canvas']"  # the graph view: the canvas component's frame
+# Node centres in the frame's viewport, from the component's test hook (the layout it drew)
+CENTRES = "() => window.graphCanvas.centres()"
 
-# Screen centres of the chart's nodes, from plotly's own axes (the first chart is the graph view).
-NODE_CENTRES = """() => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const tr = gd._fullData.find(t => t.name === 'nodes');
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-  return {ids: Array.from(tr.customdata), scale: xa._length / (xa.range[1] - xa.range[0]),
-          x: Array.from(tr.x, v => box.left + xa._offset + xa.l2p(v)),
-          y: Array.from(tr.y, v => box.top + ya._offset + ya.l2p(v))};
-}"""
+
+def view_frame(page):
+    handle = page.locator(VIEW).first
+    handle.wait_for(timeout=600_000)
+    frame = handle.element_handle().content_frame()
+    frame.wait_for_function("() => window.graphCanvas !== undefined", timeout=120_000)
+    return handle, frame
+
+
+def NODE_CENTRES(page) -> dict:
+    """Screen centres of the view's nodes in the page (frame offset added)."""
+    handle, frame = view_frame(page)
+    box = handle.bounding_box()
+    c = frame.evaluate(CENTRES)
+    return {"ids": c["ids"], "x": [box["x"] + x for x in c["x"]], "y": [box["y"] + y for y in c["y"]]}
+
+
+def canvas_data(page, name: str) -> str | None:
+    _, frame = view_frame(page)
+    return frame.evaluate("n => document.getElementById('base').dataset[n] ?? null", name)
 
 
 RUNNING = "[data-testid=stStatusWidgetRunningIcon], [data-testid=stStatusWidgetRunningManIcon]"
@@ -52,10 +61,10 @@ def wait_selected(page, node: str, timeout_ms: int = 120_000) -> None:
 
 def settled_centres(page) -> dict:
     """The node centres once they stop moving (after a scroll or a rerun's re-layout)."""
-    before = page.evaluate(NODE_CENTRES)
+    before = NODE_CENTRES(page)
     for _ in range(50):
         page.wait_for_timeout(200)
-        now = page.evaluate(NODE_CENTRES)
+        now = NODE_CENTRES(page)
         if now == before:
             return now
         before = now
@@ -87,21 +96,71 @@ def test_clicking_a_nodes_centre_selects_that_node(server, browser, tmp_path):
     path.write_text(json.dumps(crowded_graph(DENSE, n_pos=47, n_logits=10, seed=3)))
     page, dialogs = open_graph_page(browser, server, height=2200)
     open_file(page, path)
-    chart = page.locator(".js-plotly-plot").first
-    chart.wait_for(timeout=120_000)
+    view_frame(page)
     wait_idle(page)
     where = settled_centres(page)
     assert len(where["ids"]) == DENSE
-    assert where["scale"] >= 0.75, "the view is drawn at (nearly) its layout's size, where markers keep apart"
     rng = random.Random(7)
+    box = page.locator(VIEW).first.bounding_box()
+    _, frame = view_frame(page)
     for i in rng.sample(range(len(where["ids"])), PICKS):
         node = where["ids"][i]
+        if not box["x"] + 8 < where["x"][i] < box["x"] + box["width"] - 8:  # scroll it into the view
+            frame.evaluate("dx => { document.getElementById('scroll').scrollLeft += dx; }",
+                           where["x"][i] - box["x"] - box["width"] / 2)
+            where = settled_centres(page)
         page.mouse.click(where["x"][i], where["y"][i])
         wait_selected(page, node)
         wait_idle(page)
-        assert page.evaluate(SELECTED) == node, "the view rings the node that was clicked"
-        again = page.evaluate(NODE_CENTRES)  # the view did not move under the pointer
+        assert canvas_data(page, "selected") == node, "the view rings the node that was clicked"
+        again = NODE_CENTRES(page)  # the view did not move under the pointer
         assert (again["x"][i], again["y"][i]) == pytest.approx((where["x"][i], where["y"][i]), abs=0.5)
+    assert dialogs == []
+
+
+def test_hovering_a_node_highlights_its_edges(server, browser, tmp_path):
+    """Hover: the node's edges are drawn highlighted over a dimmed graph (the canvas says which node
+    and how many edges); moving off the nodes clears it."""
+    raw = crowded_graph(120, n_pos=10, n_logits=4, seed=5)
+    path = tmp_path / "hover.json"
+    path.write_text(json.dumps(raw))
+    page, dialogs = open_graph_page(browser, server)
+    open_file(page, path)
+    view_frame(page)
+    wait_idle(page)
+    where = settled_centres(page)
+    _, frame = view_frame(page)
+    shown = frame.evaluate("() => window.graphCanvas.edges()")
+    for i in (0, len(where["ids"]) // 2, len(where["ids"]) - 1):
+        node = where["ids"][i]
+        page.mouse.move(where["x"][i], where["y"][i])
+        page.wait_for_timeout(100)
+        assert canvas_data(page, "hovered") == node
+        want = sum(1 for s, t in shown if node in (s, t))
+        assert canvas_data(page, "highlighted") == str(want)
+    box = page.locator(VIEW).first.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.wait_for_timeout(100)
+    assert canvas_data(page, "hovered") == ""
+    assert dialogs == []
+
+
+def test_a_wide_graph_scrolls_inside_the_view(server, browser, tmp_path):
+    """150 positions: the view scrolls sideways inside itself; the page does not get wider."""
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps(crowded_graph(600, n_pos=150, n_logits=5, seed=2, last_share=0.2)))
+    page, dialogs = open_graph_page(browser, server)
+    open_file(page, path)
+    _, frame = view_frame(page)
+    wait_idle(page)
+    sizes = frame.evaluate("""() => { const s = document.getElementById('scroll');
+      return {scroll: s.scrollWidth, client: s.clientWidth}; }""")
+    assert sizes["scroll"] > sizes["client"] + 100, "the graph is wider than its view, which scrolls"
+    page_w = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert page_w[0] <= page_w[1], "the page itself does not scroll sideways"
+    frame.evaluate("() => { document.getElementById('scroll').scrollLeft = 400; }")
+    page.wait_for_timeout(100)
+    assert frame.evaluate("() => document.getElementById('scroll').scrollLeft") > 0
     assert dialogs == []
 
 
@@ -127,12 +186,10 @@ def test_a_64_token_graph_its_node_detail_and_subgraph(server, browser, backend,
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(f"{server}/graph?prompt={quote(prompt)}&max_feature_nodes=400", wait_until="domcontentloaded")
-    chart = page.locator(".js-plotly-plot").first
-    chart.wait_for(timeout=600_000)
+    chart, frame = view_frame(page)
     wait_idle(page)
-    where = page.evaluate(NODE_CENTRES)
-    ticks = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.ticktext.length")
-    assert ticks == 64
+    _, frame = view_frame(page)
+    assert frame.evaluate("() => window.graphCanvas.positions()") == 64
     pinned = []
     for _ in range(2):
         chart.scroll_into_view_if_needed()
@@ -154,10 +211,10 @@ def test_a_64_token_graph_its_node_detail_and_subgraph(server, browser, backend,
     examples.first.wait_for(timeout=300_000)
     assert page.locator(".fs-ex .tok.max").count() >= 1, "the activating token is highlighted"
     assert page.get_by_text("Top activating examples").count() == 1
-    sub = page.locator(".js-plotly-plot").nth(1)
+    sub = page.locator(".js-plotly-plot").first
     sub.wait_for(timeout=60_000)
     groups = page.evaluate("""() => {
-      const gd = document.querySelectorAll('.js-plotly-plot')[1];
+      const gd = document.querySelectorAll('.js-plotly-plot')[0];
       const tr = gd._fullData.find(t => t.name === 'groups');
       return {ids: Array.from(tr.customdata), y: Array.from(tr.y), ticks: gd._fullLayout.yaxis.tickvals};
     }""")
@@ -165,5 +222,6 @@ def test_a_64_token_graph_its_node_detail_and_subgraph(server, browser, backend,
     assert all(float(y).is_integer() and y in groups["ticks"] for y in groups["y"]), "layers on the grid"
     page.wait_for_timeout(500)
     page.screenshot(path=str(output_dir / "graph64.png"), full_page=True)
+    chart.screenshot(path=str(output_dir / "graph64-view.png"))
     sub.screenshot(path=str(output_dir / "graph64-subgraph.png"))
     assert dialogs == []

@@ -12,7 +12,7 @@ from backend.errors import InvalidRequest
 from components.graph_display import MAX_EDGES, display_graph, node_edges, subgraph
 from backend.graphfile import graph_bytes, parse_graph, view_state, with_view_state
 from backend.schemas import GraphRequest
-from components.graph_view import graph_figure
+from components.graph_view import canvas_payload
 
 THRESHOLDS = [0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
 
@@ -112,27 +112,28 @@ def synthetic_graph(n_features: int, n_layers: int = 8, n_pos: int = 64, seed: i
             "nodes": nodes, "links": links}
 
 
-def test_a_5000_node_graph_goes_to_the_browser_as_webgl_and_pruned():
+def test_a_5000_node_graph_goes_to_the_canvas_compact_and_pruned():
     doc = parse_graph(synthetic_graph(5000))
     full = display_graph(doc, 1.0, 1.0)
     assert len(full.nodes) > 4000 and full.edges_capped and MAX_EDGES - 500 < len(full.edges) <= MAX_EDGES
-    fig = graph_figure(full)
-    small = {"positions", "logit labels"}  # SVG: one point per position or logit, for their text
-    assert {t.type for t in fig.data if t.name not in small} == {"scattergl"}, "nodes and edges are WebGL"
-    assert all(len(t.x) <= len(full.tokens) for t in fig.data if t.name in small)
-    (nodes_trace,) = [t for t in fig.data if t.name == "nodes"]
-    assert len(nodes_trace.x) == len(full.nodes)
-    assert sum(len(t.x) for t in fig.data if t.mode == "lines") == 3 * len(full.edges)
+    g = canvas_payload(full)
+    assert len(g["ids"]) == len(g["x"]) == len(g["y"]) == len(g["r"]) == len(full.nodes)
+    assert len(g["edges"]) == 3 * len(full.edges), "edges as flat (source, target, weight) triples"
+    index = {i: k for k, i in enumerate(g["ids"])}
+    s, t, w = full.edges[0]
+    triples = set(zip(g["edges"][0::3], g["edges"][1::3], g["edges"][2::3]))
+    assert (index[s], index[t], round(w, 5)) in triples
+    assert len(json.dumps(g)) < 4_000_000, "the payload stays a few MB at 5,000 nodes"
     small = display_graph(doc, 0.3, 0.3)
-    (small_nodes,) = [t for t in graph_figure(small).data if t.name == "nodes"]
-    assert len(small_nodes.x) == len(small.nodes) < len(full.nodes), "only the pruned graph is sent"
+    assert len(canvas_payload(small)["ids"]) == len(small.nodes) < len(full.nodes), "only the pruned graph is sent"
 
 
-def test_figure_escapes_tokens_and_explanations():
+def test_payload_carries_tokens_and_explanations_as_plain_text():
     doc = parse_graph(synthetic_graph(60, n_pos=8))
-    spec = graph_figure(display_graph(doc, 1.0, 1.0)).to_json()
-    assert "<script" not in spec and "<img" not in spec and "<b onmouseover" not in spec
-    assert "&lt;script&gt;" in spec and "&lt;b onmouseover" in spec
+    g = canvas_payload(display_graph(doc, 1.0, 1.0))
+    spec = json.dumps(g)
+    assert "&lt;" not in spec, "the canvas sets text with fillText/textContent: no entities"
+    assert any("<script" in t for t in g["title"]) or any("<script" in t for _, t in g["positions"])
 
 
 def test_neuronpedia_style_files_load_with_their_extras_and_view_state():

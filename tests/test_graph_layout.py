@@ -1,5 +1,5 @@
 """The graph view's layout: no two node markers overlap at any size, and every logit and embedding
-node has its label. Checked on the figure plotly receives, in the plot's own pixels."""
+node has its label. Checked on the payload the canvas component receives, in its own pixels."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 
 from backend.graphfile import parse_graph
 from components.graph_display import display_graph
-from components.graph_view import elide, graph_figure, layout
+from components.graph_view import canvas_payload, elide, layout
 
 
 def crowded_graph(n_nodes: int, *, n_pos: int, n_layers: int = 6, n_logits: int = 10, seed: int = 0,
@@ -48,45 +48,25 @@ def crowded_graph(n_nodes: int, *, n_pos: int, n_layers: int = 6, n_logits: int 
 SIZES = [(7, 3, 1), (64, 16, 4), (5000, 64, 10)]  # nodes, positions, logits
 
 
-def traces(fig, name):
-    return [t for t in fig.data if t.name == name]
-
-
-def to_pixels(fig, xs, ys):
-    """Data coordinates to the plot area's pixels, as plotly maps them at this figure's size."""
-    lay = fig.layout
-    w = lay.width - lay.margin.l - lay.margin.r
-    h = lay.height - lay.margin.t - lay.margin.b
-    (x0, x1), (y0, y1) = lay.xaxis.range, lay.yaxis.range
-    return (np.asarray(xs) - x0) * w / (x1 - x0), (np.asarray(ys) - y0) * h / (y1 - y0)
-
-
 @pytest.mark.parametrize("n_nodes, n_pos, n_logits", SIZES)
 @pytest.mark.parametrize("size_by", ["influence", "uniform"])
-@pytest.mark.parametrize("narrowed", [1.0, 0.75])
-def test_no_two_node_markers_overlap(n_nodes, n_pos, n_logits, size_by, narrowed):
-    """At the figure's own size, and when Streamlit narrows it to 75% in a smaller column (marker
-    sizes are pixels and do not shrink with it)."""
+def test_no_two_node_markers_overlap(n_nodes, n_pos, n_logits, size_by):
+    """The canvas draws at the layout's own size (a wide graph scrolls), so pixels are layout pixels."""
     doc = parse_graph(crowded_graph(n_nodes, n_pos=n_pos, n_logits=n_logits))
     graph = display_graph(doc, 1.0, 1.0)
     assert len(graph.nodes) == n_nodes
-    fig = graph_figure(graph, size_by=size_by)
-    (nodes,) = traces(fig, "nodes")
-    px, py = to_pixels(fig, nodes.x, nodes.y)
-    px, py = px * narrowed, py * narrowed
-    radius = np.asarray(nodes.marker.size) / 2
-    pts = np.column_stack([px, py])
+    g = canvas_payload(graph, size_by=size_by)
+    pts = np.column_stack([g["x"], g["y"]])
+    radius = np.asarray(g["r"])
     tree = cKDTree(pts)
-    pairs = tree.query_pairs(r=2 * radius.max())
-    for i, j in pairs:
+    for i, j in tree.query_pairs(r=2 * radius.max()):
         gap = np.hypot(*(pts[i] - pts[j])) - radius[i] - radius[j]
-        assert gap > 0, (nodes.customdata[i], nodes.customdata[j], gap)
-    # every marker inside the plot area, so none is hidden by the axes
-    w = fig.layout.width - fig.layout.margin.l - fig.layout.margin.r
-    h = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
-    assert (px - radius >= 0).all() and (px + radius <= w * narrowed).all()
-    assert (py - radius >= 0).all() and (py + radius <= h * narrowed).all()
+        assert gap > 0, (g["ids"][i], g["ids"][j], gap)
+    # every marker inside the plot area
+    assert (pts[:, 0] - radius >= 0).all() and (pts[:, 0] + radius <= g["plot_w"]).all()
+    assert (pts[:, 1] - radius >= 0).all() and (pts[:, 1] + radius <= g["plot_h"]).all()
     assert radius.min() >= 1.5, "markers stay big enough to see and click"
+    assert g["width"] == g["plot_w"] + g["left"] + 10 and g["height"] > g["plot_h"]
 
 
 @pytest.mark.parametrize("n_nodes, n_pos, n_logits", SIZES)
@@ -115,51 +95,52 @@ def test_nodes_sit_in_their_position_column_and_layer_band(n_nodes, n_pos, n_log
 @pytest.mark.parametrize("n_nodes, n_pos, n_logits", SIZES)
 def test_logit_and_embedding_nodes_have_their_labels(n_nodes, n_pos, n_logits):
     raw = crowded_graph(n_nodes, n_pos=n_pos, n_logits=n_logits)
-    doc = parse_graph(raw)
-    graph = display_graph(doc, 1.0, 1.0)
-    fig = graph_figure(graph)
-    (labels,) = traces(fig, "logit labels")
-    (nodes,) = traces(fig, "nodes")
-    where = dict(zip(nodes.customdata, zip(nodes.x, nodes.y)))
-    logits = [n for n in raw["nodes"] if n["feature_type"] == "logit"]
-    assert len(labels.text) == len(logits) == n_logits
-    for n in logits:
-        token = n["clerp"].split('"')[1]
-        y = where[n["node_id"]][1]
-        text = min(zip(labels.y, labels.text), key=lambda yt: abs(yt[0] - y))[1]
-        assert text.startswith(token.replace(" ", "·")) and f"p={n['token_prob']:.2f}" in text
-    assert all(x > where[logits[0]["node_id"]][0] for x in labels.x), "labels to the right of the nodes"
-    # embeddings: the position's tick right under each, showing its token (elided to the column)
-    ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
-    (positions,) = traces(fig, "positions")
+    graph = display_graph(parse_graph(raw), 1.0, 1.0)
+    g = canvas_payload(graph)
+    index = {i: k for k, i in enumerate(g["ids"])}
+    labels = {g["ids"][k]: text for k, text in g["labels"]}
     tokens = raw["metadata"]["prompt_tokens"]
     for n in raw["nodes"]:
-        if n["feature_type"] == "embedding":
-            x = where[n["node_id"]][0]
-            tick_x = min(ticks, key=lambda t: abs(t - x))
-            assert abs(tick_x - x) < 0.01
-            text = ticks[tick_x]
-            full = tokens[n["ctx_idx"]].replace(" ", "·").replace("&", "&amp;").replace("<", "&lt;")
-            full = full.replace(">", "&gt;")
-            (hover,) = [h for h in positions.hovertext if h.startswith(f"position {n['ctx_idx']}: ")]
-            assert hover == f"position {n['ctx_idx']}: {full}", "the full token shows on hover"
-            if text:  # too narrow a column is labelled by a neighbour's wider label instead
-                assert text == full or (text.endswith("…") and full.startswith(text[:-1].rstrip("&;")))
-    labelled = [t for t in fig.layout.xaxis.ticktext if t]
-    assert len(labelled) >= len(tokens) / 3 and fig.layout.xaxis.ticktext[-1], "most positions are labelled"
-    assert fig.layout.xaxis.tickangle == 0, "position labels are horizontal"
+        if n["feature_type"] == "logit":
+            token = n["clerp"].split('"')[1]
+            text = labels[n["node_id"]]
+            assert text.startswith(token.replace(" ", "·")) and f"p={n['token_prob']:.2f}" in text
+        elif n["feature_type"] == "embedding":
+            full = tokens[n["ctx_idx"]].replace(" ", "·")
+            # beside the node where its column leaves room, and the position label right under it
+            # (too narrow a column is labelled by a neighbour's wider label instead)
+            x = g["x"][index[n["node_id"]]]
+            ((_, under),) = [p for p in g["positions"] if abs(p[0] - x) < 0.01]
+            for text in (labels.get(n["node_id"], ""), under):
+                assert text in ("", full) or (text.endswith("…") and full.startswith(text[:-1])), (text, full)
+            if n_pos <= 16:
+                assert under, "every position of a small graph is labelled"
+            if n_pos <= 3:
+                assert labels[n["node_id"]], "wide columns: the token beside the embedding too"
+    labelled = [t for _, t in g["positions"] if t]
+    assert len(labelled) >= len(tokens) / 3 and g["positions"][-1][1], "most positions are labelled"
 
 
-def test_labels_and_hover_are_escaped_once():
+def test_feature_labels_are_shortened_explanations_that_fit():
+    raw = crowded_graph(64, n_pos=16, n_logits=4)
+    graph = display_graph(parse_graph(raw), 1.0, 1.0)
+    g = canvas_payload(graph)
+    by_id = {n["node_id"]: n for n in raw["nodes"]}
+    features = [(g["ids"][k], t) for k, t in g["labels"] if by_id[g["ids"][k]]["feature_type"] != "logit"
+                and by_id[g["ids"][k]]["feature_type"] != "embedding"]
+    assert features, "some features carry their explanation"
+    for node_id, text in features:
+        full = by_id[node_id]["clerp"]
+        assert text == full or (text.endswith("…") and full.startswith(text[:-1]))
+
+
+def test_text_goes_to_the_canvas_as_plain_text():
+    """The canvas draws with fillText / textContent: no HTML entities, the raw characters."""
     raw = crowded_graph(30, n_pos=5, n_logits=2)
     raw["nodes"][-1]["clerp"] = 'Output "<x>" (p=0.500)'
-    fig = graph_figure(display_graph(parse_graph(raw), 1.0, 1.0))
-    spec = json.dumps(json.loads(fig.to_json()), ensure_ascii=False)  # as the browser receives it
-    assert "&quot;" not in spec and "&#x27;" not in spec, "quotes are not entities in plotly"
-    assert "<b>bold</b>" not in spec and "&lt;b&gt;bold&lt;/b&gt;" in spec
-    assert "&lt;x&gt;" in spec and "&amp;amp;" not in spec
-    (nodes,) = traces(fig, "nodes")
-    assert any('"quotes"' in h for h in nodes.hovertext), "explanations shown with their quotes"
+    spec = json.dumps(canvas_payload(display_graph(parse_graph(raw), 1.0, 1.0)), ensure_ascii=False)
+    assert "&lt;" not in spec and "&amp;" not in spec and "&quot;" not in spec
+    assert "<x>" in spec and '\\"quotes\\"' in spec
 
 
 def test_elide():

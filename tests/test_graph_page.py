@@ -25,9 +25,11 @@ def graph_page(**query: str) -> AppTest:
 
 
 def chart_nodes(at: AppTest) -> list[dict]:
-    """The node traces the browser receives (the main chart is the first plotly chart)."""
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    return [t for t in spec["data"] if t.get("name") == "nodes"]
+    """The nodes the browser's canvas receives (the graph view is the page's one custom component),
+    as one {"customdata": ids} record per view."""
+    (view,) = at.get("component_instance")
+    graph = json.loads(view.proto.json_args)["graph"]
+    return [{"customdata": graph["ids"]}]
 
 
 def captions(at: AppTest) -> str:
