@@ -56,11 +56,13 @@ def origin_of(doc: dict[str, Any], models: list[ModelInfo]) -> tuple[str, str] |
     return None
 
 
-def generate(req: GraphRequest) -> None:
+def generate(req: GraphRequest, slot: Any) -> None:
     est = state.call(state.backend().attribute, req.model_copy(update={"estimate_only": True}))
     if est is None:
         return
     S["graph_estimate"] = est.estimate
+    with slot.container():  # what it will cost, shown while it runs
+        render_estimate(est.estimate)
     with state.progress("Building the attribution graph…") as progress:
         result = state.call(state.backend().attribute, req, progress=progress)
     if result is None or result.graph is None:
@@ -175,14 +177,18 @@ def render_generate_form(model: ModelInfo) -> None:
     if estimate or run or auto:  # built only when asked for, so a bad field cannot break later reruns
         req = request_or_message(prompt or "", slug or "", model=model.id, transcoder_set=tc, **values,
                                  offload=None if offload == "none" else offload)
+    # One fixed slot for the estimate, above the progress box: the estimate then keeps its place in
+    # the page from run to run, and the browser never shows a stale copy of it beside the new one.
+    slot = st.empty()
     if req is not None and estimate:
         result = state.call(state.backend().attribute, req.model_copy(update={"estimate_only": True}))
         if result is not None:
             S["graph_estimate"] = result.estimate
     if req is not None and (run or auto):
-        generate(req)
+        generate(req, slot)
     if S.get("graph_estimate") is not None:
-        render_estimate(S["graph_estimate"])
+        with slot.container():
+            render_estimate(S["graph_estimate"])
 
 
 def render_open_form(models: list[ModelInfo]) -> None:
