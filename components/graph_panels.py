@@ -104,7 +104,7 @@ def _edge_rows(pairs: list[tuple[str, float]], by_id: dict[str, DisplayNode], to
 
 def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
                       origin: tuple[str, str] | None, pinned: list[str],
-                      on_pin: Callable[[str], None]) -> None:
+                      on_pin: Callable[[str, bool], None]) -> None:
     """The selected node: what it is, its strongest input and output edges, and where to go with it."""
     n_layers = n_layers_of(doc)
     all_nodes = {str(n["node_id"]): to_display_node(n, n_layers) for n in doc["nodes"]}
@@ -123,9 +123,13 @@ def render_node_panel(doc: dict[str, Any], graph: DisplayGraph, node_id: str, *,
         c1.caption(" · ".join(facts))
         if node.clerp:
             c1.text(node.clerp)
+        # One key per (action, node), and the action is a set, not a flip: a click that reaches the
+        # script twice (sent again while a rerun was under way) pins once instead of pinning and
+        # unpinning, and a click meant for another node can never act on this one.
         is_pinned = node_id in pinned
-        if c2.button("Unpin" if is_pinned else "Pin", key="graph_pin_toggle", icon=":material/push_pin:"):
-            on_pin(node_id)
+        action = "unpin" if is_pinned else "pin"
+        if c2.button("Unpin" if is_pinned else "Pin", key=f"graph_{action}_{node_id}", icon=":material/push_pin:"):
+            on_pin(node_id, not is_pinned)
         if node.kind == FEATURE and node.index is not None and origin is not None:
             to_browser, to_steer = node_links(doc, node, origin)
             browser, steer = state.page("features"), state.page("steer")

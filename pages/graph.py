@@ -112,11 +112,11 @@ def viewer(doc: dict[str, Any]) -> None:
             return f"{i} (hidden at these thresholds)"
         return f"{node_title(by_id[i], graph.tokens)}  [{i}]"
 
-    def toggle_pin(node_id: str) -> None:
-        if node_id in pinned:
-            pinned.remove(node_id)
-        else:
+    def set_pin(node_id: str, pin: bool) -> None:
+        if pin and node_id not in pinned:
             pinned.append(node_id)
+        elif not pin and node_id in pinned:
+            pinned.remove(node_id)
         new_chart()
         st.rerun()
 
@@ -126,7 +126,7 @@ def viewer(doc: dict[str, Any]) -> None:
             select(pick, from_picker=True)
         if S.get("graph_clicked"):
             render_node_panel(doc, graph, S["graph_clicked"], origin=S.get("graph_origin"), pinned=pinned,
-                              on_pin=toggle_pin)
+                              on_pin=set_pin)
         else:
             st.caption("Click a node (or pick one above) to see its detail here.")
     tab_pins, tab_nodes, tab_save = st.tabs(["Pinned subgraph", "Nodes", "Save / download"])

@@ -213,6 +213,15 @@ def test_a_64_token_graph_its_node_detail_and_subgraph(server, browser, backend,
     assert page.get_by_text("Top activating examples").count() == 1
     sub = page.locator(".js-plotly-plot").first
     sub.wait_for(timeout=60_000)
+    # the subgraph of the first pin can still be on the page while the second pin's rerun renders
+    try:
+        page.wait_for_function("""n => {
+          const gd = document.querySelectorAll('.js-plotly-plot')[0];
+          const tr = gd && gd._fullData && gd._fullData.find(t => t.name === 'groups');
+          return tr && tr.customdata.length === n;
+        }""", arg=len(pinned), timeout=60_000, polling=200)
+    except Exception:
+        page.screenshot(path=str(output_dir / "graph64-failed-subgraph.png"), full_page=True)
     groups = page.evaluate("""() => {
       const gd = document.querySelectorAll('.js-plotly-plot')[0];
       const tr = gd._fullData.find(t => t.name === 'groups');

@@ -92,10 +92,12 @@ def test_select_pin_group_save_and_reload(generated):
     strongest = max((abs(e["weight"]) for e in doc["links"] if e["target"] == first), default=None)
     if strongest is not None:
         assert abs(inputs["weight"].iloc[0]) == pytest.approx(strongest, abs=1e-5)
-    at.button(key="graph_pin_toggle").click().run()
+    at.button(key=f"graph_pin_{first}").click().run()
     at.selectbox(key="graph_node_pick").select(second).run()
-    at.button(key="graph_pin_toggle").click().run()
+    at.button(key=f"graph_pin_{second}").click().run()
     assert at.session_state["graph_pinned"] == [first, second]
+    # the button is now another widget (unpin): a repeat of the pin click cannot unpin
+    assert [b.label for b in at.button if b.key == f"graph_unpin_{second}"] == ["Unpin"]
     at.multiselect(key="graph_group_members").set_value([first, second]).run()
     at.text_input(key="graph_group_label").input("two features").run()
     at.button(key="graph_group").click().run()
@@ -244,7 +246,7 @@ def test_steering_from_the_subgraph_equals_the_steering_pages_answer(shared):
     at = shared
     feature = at.session_state["graph_clicked"]  # selected by the tests above
     if feature not in at.session_state["graph_pinned"]:
-        at.button(key="graph_pin_toggle").click().run()
+        at.button(key=f"graph_pin_{feature}").click().run()
     assert feature in at.session_state["graph_pinned"]
     at.multiselect(key="graph_steer_pick").set_value([feature]).run()
     at.button(key="graph_steer_run").click().run()
