@@ -167,7 +167,7 @@ class FeatureBrowserState(PageState):
     """Feature browser: the dictionary and the open feature (per model), the search inputs."""
 
     PREFIX: ClassVar[str] = "fb"
-    URL: ClassVar[dict[str, str]] = {"feature": "feature"}
+    URL: ClassVar[dict[str, str]] = {"feature": "feature", "try_text": "text"}
 
     feature: str | None = None  # "layer:index"
     search_text: str = ""

@@ -21,7 +21,7 @@ from backend.schemas import (
 from components import dense, state
 from components.feature_dashboard import render_dashboard, try_text_html
 from components.feature_search import render_hits
-from components.page_state import FeatureBrowserState
+from components.page_state import URL_VALUE_LIMIT, FeatureBrowserState
 
 
 def dictionary_options(model: ModelInfo) -> dict[str, tuple[str, list[int], int | None]]:
@@ -166,6 +166,11 @@ def search_panel(model: ModelInfo, set_id: str, expanded: bool) -> None:
 def try_your_text(model: ModelInfo, set_id: str, feature: tuple[int, int], result: FeatureResult) -> None:
     """This feature's activation on every token of a text typed here, tinted, without leaving the page."""
     fs = FeatureBrowserState.load()
+    if set_id not in {s.id for s in model.sae_sets}:  # the highlighter's reading is for SAE sets only
+        with st.expander("Try your own text"):
+            st.caption("Reading a typed text works for SAE features. A transcoder feature's activations on "
+                       "a prompt are in its attribution graph (Attribution graph page).")
+        return
     with st.expander("Try your own text", expanded=bool(fs.try_text)):
         with st.form("fb_try_form", border=False):
             text = fs.take("try_text", st.text_area("Text", key=fs.bind("try_text"), height=70,
@@ -173,6 +178,9 @@ def try_your_text(model: ModelInfo, set_id: str, feature: tuple[int, int], resul
             go = st.form_submit_button("Show activations")
         if not go and not fs.try_text:
             return
+        if go:  # the URL follows what was tried (a link from a graph node brings its prompt here)
+            write_url(text=text if len(text) <= URL_VALUE_LIMIT else None)
+            fs._wrote["text"] = text
         if problem := state.text_problem(text, "The text", "Type a text to try."):
             state.warn(problem)
             return

@@ -84,6 +84,29 @@ def test_a_graph_link_to_a_transcoder_feature_opens_it(hf_cache, backend):
     assert list(at.dataframe[0].value["id"]) == [t.id for t in want.top_logits]
 
 
+def test_a_link_with_a_text_shows_the_feature_on_it(hf_cache, backend):
+    """A link's `text` opens the dashboard's 'Try your own text' with it, tinting the feature's
+    activation on each token as the backend reads it; a transcoder feature says where to look instead
+    of failing (the highlighter's reading is for SAE sets)."""
+    from backend.schemas import AnalyzeRequest, LayerFeature
+
+    prompt = "Return the path of the file as a string"
+    at = browser(model="demo", sae_set="res", feature="1:33", text=prompt)
+    assert not at.exception, at.exception
+    assert at.text_area(key="fb.try_text").value == prompt
+    want = backend.analyze(AnalyzeRequest(model="demo", sae_set="res", text=prompt, layers=[1], k=1,
+                                          track=[LayerFeature(layer=1, index=33)]))
+    values = want.tracked[0].values
+    fired = sum(v > 0 for v, t in zip(values, want.tokens, strict=True) if not t.special)
+    n = sum(not t.special for t in want.tokens)
+    assert any(c.value == f"Fires on {fired} of {n} tokens." for c in at.caption), [c.value for c in at.caption]
+    top = max(v for v, t in zip(values, want.tokens, strict=True) if not t.special)
+    assert any(f"peak here {top:.4g}" in h.proto.body for h in at.get("html"))
+    tc = browser(model="demo", sae_set="demo", feature="0:3", text=prompt)
+    assert not tc.exception and not tc.error, (tc.exception, tc.error)
+    assert any("works for SAE features" in c.value for c in tc.caption)
+
+
 def test_an_edited_explanation_is_saved_and_shown(hf_cache, backend):
     at = browser(model="demo", sae_set="res", feature="0:21")
     at.text_area(key="fb_dash::res::0:21_expl_text").input("Fires on <b>bold</b> claims")
