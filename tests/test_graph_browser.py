@@ -205,8 +205,15 @@ def test_a_64_token_graph_its_node_detail_and_subgraph(server, browser, backend,
                                  f"URL {page.url}") from None
         wait_idle(page)
         page.get_by_role("button", name="Pin", exact=True).click()
-        wait_idle(page)
         pinned.append(where["ids"][i])
+        # the app's own count, before the next click: a lost pin then fails here, at the click that
+        # lost it, with a screenshot (a full-suite run once ended with only the second pin)
+        try:
+            page.get_by_text(f"Pinned nodes ({len(pinned)})", exact=True).wait_for(timeout=120_000)
+        except Exception:
+            page.screenshot(path=str(output_dir / "graph64-failed-pin.png"), full_page=True)
+            raise AssertionError(f"pin {len(pinned)} ({pinned[-1]}) not counted; URL {page.url}") from None
+        wait_idle(page)
     examples = page.locator(".fs-ex")
     examples.first.wait_for(timeout=300_000)
     assert page.locator(".fs-ex .tok.max").count() >= 1, "the activating token is highlighted"
