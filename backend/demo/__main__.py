@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=None, help="pack directory (default: assets/demo)")
     b.add_argument("--corpus", type=Path, default=None,
                    help="corpus file, one document per line (default: the pack's corpus.txt.gz)")
-    b.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: fastest on a shared machine; fixed for determinism)")
+    b.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default 2, the reference machine's cores; the weights are "
+                        "byte-identical only between builds with the same thread count)")
     c = sub.add_parser("corpus", help="regenerate the corpus from Debian's python3.11-doc")
     c.add_argument("--out", type=Path, default=None, help="default: assets/demo/corpus.txt.gz")
     c.add_argument("--deb", type=Path, default=None, help="a python3.11-doc .deb you already have")

@@ -35,6 +35,9 @@ SAE_HOOK = "blocks.{layer}.hook_resid_post"
 CORPUS_FILE = "corpus.txt.gz"
 MIN_SHOWCASE_FIRINGS = 40  # a showcased feature has enough examples in the sample to judge it by
 BROAD_CLASSES = ("a word after a space", "a word continuation", "whitespace")  # true of most tokens
+BOS_HANDLING = "excluded"  # no dictionary saw BOS in training, calibration or statistics
+LM_TOKENS = 9_000_000
+DICT_TOKENS = 2_000_000
 SMOKE_LABEL = "smoke-test pack: tiny sizes, barely trained (built by `python -m backend.demo build --smoke`)"
 
 
@@ -62,19 +65,29 @@ class BuildConfig:
     max_docs: int | None = None
     label: str | None = None
     seed: int = 0
+    lm_bf16: bool = False  # bf16 autocast: 13x slower than float32 on this AMD EPYC (no native bf16)
+    density_cap: float = 1.0  # the dictionaries' per-batch firing cap (see sparse); 1.0: none
+    balance_rate: float = 0.02  # the routing bias's step (see sparse)
+    density_limit: float = 1.0  # no exported feature fires on more of the calibration tokens (see sparse)
+    showcase: int = 10
+    # The transcoders' own rate (None: dict_lr). At 1.2e-2 three of four transcoders of a full build
+    # lost their positive pre-activations and died, while the SAEs reached their best FVE there.
+    transcoder_lr: float | None = None
 
 
 FULL = BuildConfig(
     name="featurescope-demo", vocab=4096, n_layers=4, d_model=128, n_heads=4, d_mlp=512, n_ctx=256,
-    lm_tokens=1_800_000, lm_batch_rows=16, lm_lr=3e-3,
-    d_dict=2048, k=32, dict_tokens=600_000, dict_batch_tokens=2048, dict_lr=2e-3,
-    calibration_rows=64, eval_rows=128, explain_rows=400, gen_tokens=40,
+    lm_tokens=LM_TOKENS, lm_batch_rows=24, lm_lr=4e-3,
+    d_dict=2048, k=32, dict_tokens=DICT_TOKENS, dict_batch_tokens=2048, dict_lr=1.2e-2, transcoder_lr=2e-3,
+    density_cap=0.05, balance_rate=0.08, density_limit=0.07, calibration_rows=256, eval_rows=128, explain_rows=400,
+    gen_tokens=40, showcase=20,
 )
 SMOKE = BuildConfig(
     name="featurescope-demo-smoke", vocab=1024, n_layers=2, d_model=64, n_heads=2, d_mlp=256, n_ctx=64,
     lm_tokens=30_000, lm_batch_rows=8, lm_lr=3e-3,
     d_dict=256, k=8, dict_tokens=30_000, dict_batch_tokens=1024, dict_lr=2e-3,
     calibration_rows=16, eval_rows=16, explain_rows=32, gen_tokens=8, max_docs=200, label=SMOKE_LABEL,
+    density_cap=0.05, balance_rate=0.08, density_limit=0.07, showcase=10,
 )
 
 
@@ -106,12 +119,14 @@ def manifest(cfg: BuildConfig, corpus_sha: str) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "name": cfg.name, "label": cfg.label,
         "sae_sets": {SAE_SET: {"hook": SAE_HOOK, "layers": layers, "d_sae": cfg.d_dict,
-                               "dir": f"saes/{SAE_SET}", "explanations": f"explanations/{SAE_SET}.json"}},
+                               "dir": f"saes/{SAE_SET}", "explanations": f"explanations/{SAE_SET}.json",
+                               "stats": f"stats/{SAE_SET}.json", "bos": BOS_HANDLING}},
         "transcoder_sets": {TRANSCODER_SET: {
             "dir": f"transcoders/{TRANSCODER_SET}", "layers": layers, "d_transcoder": cfg.d_dict,
             "kind": "per_layer", "feature_input_hook": "hook_resid_mid",
             "feature_output_hook": "hook_mlp_out",
-            "explanations": f"explanations/{TRANSCODER_SET}.json"}},
+            "explanations": f"explanations/{TRANSCODER_SET}.json",
+            "stats": f"stats/{TRANSCODER_SET}.json", "bos": BOS_HANDLING}},
         "corpus": CORPUS_FILE,
         "corpus_sha256": corpus_sha,
         "metrics": "metrics.json",
@@ -137,7 +152,7 @@ def _train_model(cfg: BuildConfig, tokenizer: Any, data: lm.TokenData, out: Path
     )
     model = HookedTransformer(tcfg, tokenizer=tokenizer, move_to_device=False)
     report = lm.train_model(model, data.train, tokens=cfg.lm_tokens, batch_rows=cfg.lm_batch_rows,
-                            lr=cfg.lm_lr, seed=cfg.seed)
+                            lr=cfg.lm_lr, seed=cfg.seed, bf16=cfg.lm_bf16)
     (out / "model").mkdir()
     (out / "model" / "config.json").write_text(json.dumps(config_to_json(tcfg), indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
@@ -148,7 +163,9 @@ def _train_model(cfg: BuildConfig, tokenizer: Any, data: lm.TokenData, out: Path
 def _train_dictionaries(cfg: BuildConfig, model: Any, data: lm.TokenData, bos: int, out: Path
                         ) -> dict[str, Any]:
     spec = sparse.DictionarySpec(d_dict=cfg.d_dict, k=cfg.k, tokens=cfg.dict_tokens,
-                                 batch_tokens=cfg.dict_batch_tokens, lr=cfg.dict_lr)
+                                 batch_tokens=cfg.dict_batch_tokens, lr=cfg.dict_lr, transcoder_lr=cfg.transcoder_lr,
+                                 density_cap=cfg.density_cap, balance_rate=cfg.balance_rate,
+                                 density_limit=cfg.density_limit)
     site_list = sparse.sites(cfg.n_layers)
     trainer = sparse.Trainer(model, site_list, spec, bos=bos, seed=cfg.seed + 1)
     curves = trainer.train(data.train)
@@ -209,6 +226,7 @@ def _explain(cfg: BuildConfig, model: Any, saes: dict, tcs: dict, data: lm.Token
     jobs += [(TRANSCODER_SET, L, tcs[L].encode, tcs[L].W_dec, f"blocks.{L}.hook_resid_mid") for L in tcs]
     texts: dict[str, dict[str, dict[str, str]]] = {SAE_SET: {}, TRANSCODER_SET: {}}
     candidates, kinds, dense = [], {SAE_SET: {}, TRANSCODER_SET: {}}, {}
+    density: dict[str, dict[int, list[float]]] = {SAE_SET: {}, TRANSCODER_SET: {}}
     for set_id, layer, encode, w_dec, hook in tqdm(jobs, desc="explaining features", unit="dictionary"):
         pos, feat, val = autoexplain.sparse_activations(encode, cache[hook].reshape(-1, cfg.d_model)[keep])
         pos = keep[pos]
@@ -217,6 +235,7 @@ def _explain(cfg: BuildConfig, model: Any, saes: dict, tcs: dict, data: lm.Token
         evidence = autoexplain.gather_evidence(pos, feat, val, tokens, cfg.n_ctx, keep.numel(), cfg.d_dict,
                                                promotes, decode_one)
         texts[set_id][str(layer)] = {}
+        density[set_id][layer] = [round(ev.density, 6) for ev in evidence]
         for ev in evidence:
             ex = autoexplain.explain(ev, tokens, cfg.n_ctx, decode_one, token_counts)
             texts[set_id][str(layer)][str(ev.index)] = ex.text
@@ -229,8 +248,22 @@ def _explain(cfg: BuildConfig, model: Any, saes: dict, tcs: dict, data: lm.Token
     for set_id, by_layer in texts.items():
         path = out / "explanations" / f"{set_id}.json"
         path.write_text(json.dumps(by_layer, indent=0, ensure_ascii=False))
-    showcase = _showcase(candidates, tokens, cfg.n_ctx, decode_one)
-    return {"kinds": kinds, "dense": dense, "showcase": showcase, "sample_tokens": int(keep.numel())}
+    (out / "stats").mkdir(exist_ok=True)
+    for set_id, by_layer in density.items():
+        (out / "stats" / f"{set_id}.json").write_text(json.dumps(
+            {"tokens": int(keep.numel()), "bos": BOS_HANDLING, "dense_above": autoexplain.DENSE,
+             "density": {str(L): values for L, values in sorted(by_layer.items())}}))
+    showcase = _showcase(candidates, tokens, cfg.n_ctx, decode_one, n=cfg.showcase)
+    return {"kinds": kinds, "dense": dense, "showcase": showcase, "sample_tokens": int(keep.numel()),
+            "density": density}
+
+
+def _readability(model: Any, saes: dict, tcs: dict, docs: list[str], density: dict, bos: int
+                 ) -> dict[str, Any]:
+    sentences = evaluate.heldout_sentences(docs)
+    encoders = {SAE_SET: {L: (sae.encode, f"blocks.{L}.hook_resid_post") for L, sae in saes.items()},
+                TRANSCODER_SET: {L: (tc.encode, f"blocks.{L}.hook_resid_mid") for L, tc in tcs.items()}}
+    return {"sentences": sentences, **evaluate.readability(model, encoders, sentences, density, bos)}
 
 
 def _example(tokens: torch.Tensor, pos: int, value: float, n_ctx: int, decode_one) -> dict[str, Any]:
@@ -244,16 +277,16 @@ def _example(tokens: torch.Tensor, pos: int, value: float, n_ctx: int, decode_on
 
 def _showcase(candidates: list, tokens: torch.Tensor, n_ctx: int, decode_one, n: int = 10
               ) -> list[dict[str, Any]]:
-    """Ten features that are easy to check by eye: not dense (≤ 5% of tokens) nor rare (≥ 40 firings
+    """`n` features that are easy to check by eye: not dense (≤ 5% of tokens) nor rare (≥ 40 firings
     in the sample), not a class most tokens belong to, explanations that
     describe their top examples and most of their firings (`Explanation.score`), varied kinds, at
-    most two per dictionary, at most four plain single-token detectors."""
+    most n/5 per dictionary, at most 2n/5 plain single-token detectors."""
     candidates.sort(key=lambda c: (-c[0], c[1], c[2], c[3].index))
     picked, per_dict, per_kind, seen = [], {}, {}, set()
     for score, set_id, layer, ev, ex in candidates:
         base = ex.text.split(" → ")[0]
-        if (base in seen or per_dict.get((set_id, layer), 0) >= 2
-                or (ex.kind == "token" and per_kind.get("token", 0) >= 4)):
+        if (base in seen or per_dict.get((set_id, layer), 0) >= max(2, n // 5)
+                or (ex.kind == "token" and per_kind.get("token", 0) >= max(4, 2 * n // 5))):
             continue
         seen.add(base)
         per_dict[(set_id, layer)] = per_dict.get((set_id, layer), 0) + 1
@@ -270,8 +303,21 @@ def _showcase(candidates: list, tokens: torch.Tensor, n_ctx: int, decode_one, n:
     return picked
 
 
-def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = None, threads: int = 1) -> Path:
-    """Build the pack into `out_dir` (replaced atomically once the build has finished)."""
+def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = None, threads: int = 2) -> Path:
+    """Build the pack into `out_dir` (replaced atomically once the build has finished).
+
+    Two builds with the same `threads` give byte-identical files: with more than one thread some CPU
+    kernels (the embedding's backward among them) accumulate in a varying order unless torch's
+    deterministic algorithms are on, so they are for the build and restored afterwards."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _build(out_dir, cfg, corpus_path, threads)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _build(out_dir: Path, cfg: BuildConfig, corpus_path: Path | None, threads: int) -> Path:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir).resolve()
@@ -283,7 +329,7 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-build-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the pack is read by whoever runs the app
     stages = _Stages(["corpus", "tokenizer", "tokenising", "model", "held-out loss and generations",
-                      "SAEs and transcoders", "evaluation", "explanations", "card"])
+                      "SAEs and transcoders", "evaluation", "explanations", "readability", "card"])
     try:
         docs = stages.run("corpus", corpus.read_corpus, corpus_path)
         if cfg.max_docs is not None:
@@ -310,6 +356,7 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
         saes, tcs = _load_dictionaries(pack, cfg.n_layers)
         scores = stages.run("evaluation", _evaluate, model, saes, tcs, eval_rows, bos)
         explained = stages.run("explanations", _explain, cfg, model, saes, tcs, data, tokenizer, bos, tmp)
+        readable = stages.run("readability", _readability, model, saes, tcs, docs, explained["density"], bos)
         metrics = {
             "config": asdict(cfg),
             "corpus": {"file": CORPUS_FILE, "sha256": corpus_sha, "documents": len(docs),
@@ -325,6 +372,7 @@ def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = Non
                             "all_layers": scores["transcoders"]["all_layers"]},
             "explanations": {k: explained[k] for k in ("kinds", "dense", "sample_tokens")},
             "showcase": explained["showcase"],
+            "readability": readable,
             "build": {"threads": threads, "torch": torch.__version__, "python": platform.python_version(),
                       "machine": platform.machine(), "stages_s": stages.times},
         }
@@ -355,7 +403,7 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
     (out / "SOURCES.md").write_text(card.render_sources(metrics))
 
 
-def reexplain(out_dir: Path, threads: int = 1) -> None:
+def reexplain(out_dir: Path, threads: int = 2) -> None:
     """Regenerate a built pack's explanations, showcase and card from its saved files (no training;
     the same seeds and rows as the build, so unchanged heuristics give unchanged explanations)."""
     from transformers import AutoTokenizer
@@ -374,6 +422,8 @@ def reexplain(out_dir: Path, threads: int = 1) -> None:
     explained = _explain(cfg, model, saes, tcs, data, tokenizer, bos, pack.root)
     metrics["explanations"] = {k: explained[k] for k in ("kinds", "dense", "sample_tokens")}
     metrics["showcase"] = explained["showcase"]
+    metrics["readability"] = _readability(model, saes, tcs, corpus.read_corpus(pack.corpus_path()),
+                                          explained["density"], bos)
     write_report(pack.root, metrics)
 
 

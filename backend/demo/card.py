@@ -28,6 +28,10 @@ def _f(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
@@ -43,6 +47,9 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
         "transcoder_fve_min": min(t["fve"] for t in tcs), "transcoder_l0_max": max(t["l0"] for t in tcs),
         "goal_met": all(s["fve"] >= 0.8 and s["l0"] <= 64 for s in saes),
         "wall_s": m["build"].get("wall_s"),
+        "dense_max": max((d.get("dense_fraction", float("nan")) for d in [*saes, *tcs]), default=float("nan")),
+        "readability": {k: v["non_dense_share"] for k, v in m.get("readability", {}).items()
+                        if isinstance(v, dict)},
     }
 
 
@@ -74,6 +81,11 @@ def render_card(m: dict[str, Any]) -> str:
         f"- Transcoders: FVE of the MLP output ≥ **{h['transcoder_fve_min']:.3f}** at L0 ≤ "
         f"**{h['transcoder_l0_max']:.1f}**; all layers replaced at once raise the loss by "
         f"{m['transcoders']['all_layers']['ce_increase']:.3f} nats.",
+        *([f"- Dense features (firing on more than 10% of held-out non-BOS tokens): at most "
+           f"**{h['dense_max']:.2%}** of any dictionary's features. Of the top-10 features per token and "
+           f"layer on {len(m['readability']['sentences'])} held-out documentation sentences, "
+           + ", ".join(f"**{v:.1%}** are not dense (`{k}`)" for k, v in h["readability"].items()) + "."]
+          if "readability" in m else []),
         f"- Build: {_minutes(m['build']['wall_s'])} of wall time on {m['build']['threads']} CPU threads "
         f"({m['build']['machine']}, torch {m['build']['torch']}).",
         "",
@@ -95,7 +107,9 @@ def render_card(m: dict[str, Any]) -> str:
         f"{cfg['n_heads']} heads of {cfg['d_model'] // cfg['n_heads']}, d_mlp {cfg['d_mlp']}, "
         f"context {cfg['n_ctx']}, "
         f"LayerNorm, GELU, learned positions; {mod['n_params']:,} parameters.",
-        f"- Trained from scratch on CPU: {mod['train']['steps']:,} AdamW steps of "
+        f"- Trained from scratch on CPU"
+        f"{' (bfloat16 autocast, float32 weights)' if cfg.get('lm_bf16') else ''}: "
+        f"{mod['train']['steps']:,} AdamW steps of "
         f"{mod['train']['batch_rows']} rows × "
         f"{cfg['n_ctx']} tokens ({mod['train']['tokens']:,} tokens, "
         f"{mod['train']['tokens'] / max(1, cor['train_tokens']):.1f} epochs), "
@@ -117,19 +131,30 @@ def render_card(m: dict[str, Any]) -> str:
         f"One SAE per layer on `blocks.L.hook_resid_post`, {cfg['d_dict']:,} features, saved with SAELens' "
         "`JumpReLUSAE` (load with `SAE.load_from_disk`). Trained as BatchTopK dictionaries "
         f"(k = {cfg['k']}, {cfg['dict_tokens']:,} tokens, AuxK loss for dead features), then given the "
-        "JumpReLU threshold at which the mean L0 is k on fresh training rows.",
+        "JumpReLU threshold at which the mean L0 is k on fresh training rows"
+        + (f"; a feature firing on more than {cfg['density_cap']:.0%} of a training batch's tokens is "
+           "held back by a routing bias that becomes part of its threshold, so that few features are "
+           "dense" if cfg.get("density_cap", 1.0) < 1.0 else "")
+        + (f"; after that calibration, each feature still firing on more than {cfg['density_limit']:.0%} "
+           f"of the {cfg['calibration_rows']} calibration rows' tokens has its own threshold raised to "
+           "the value it exceeds on exactly that share (theta and these limits set in turn, three rounds)"
+           if cfg.get("density_limit", 1.0) < 1.0 else "") + ".",
+        "**BOS**: no dictionary saw a BOS position, in training, threshold calibration or any statistic "
+        "here (the model writes an attention-sink vector there). Their output on BOS is meaningless, so "
+        "the manifest marks every set `\"bos\": \"excluded\"` and the app leaves BOS out of its tables "
+        "and colour scales unless *Include special tokens* is on.",
         f"Measured on {next(iter(m['saes'].values()))['tokens']:,} held-out tokens (BOS excluded); CE "
         "with SAELens' `get_recons_loss` (BOS positions left unchanged); *recovered* is SAELens' "
         "CE loss score.",
         "",
-        "| layer | L0 | FVE | CE clean | CE spliced | CE increase | CE recovered | KL | dead |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layer | L0 | FVE | CE clean | CE spliced | CE increase | CE recovered | KL | dead | dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for layer, s in m["saes"].items():
         lines.append(f"| {layer} | {s['l0']:.1f} | {s['fve']:.3f} | {s['ce_clean']:.3f} | "
                      f"{s['ce_spliced']:.3f} | "
                      f"{s['ce_increase']:.3f} | {_f(s['ce_recovered'])} | {s['kl_with_sae']:.3f} | "
-                     f"{s['dead_fraction']:.1%} |")
+                     f"{s['dead_fraction']:.1%} | {_pct(s.get('dense_fraction'))} |")
     allt = m["transcoders"]["all_layers"]
     lines += [
         "",
@@ -141,16 +166,17 @@ def render_card(m: dict[str, Any]) -> str:
         "`load_relu_transcoder` and a `TranscoderSet` load them. FVE is of `hook_mlp_out`; CE "
         "replaces `hook_mlp_out` with the transcoder's output (non-BOS positions).",
         "",
-        "| layer | L0 | FVE | CE clean | CE spliced | CE increase | CE recovered | dead |",
-        "|---|---|---|---|---|---|---|---|",
+        "| layer | L0 | FVE | CE clean | CE spliced | CE increase | CE recovered | dead | dense |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for layer, t in m["transcoders"]["per_layer"].items():
         lines.append(f"| {layer} | {t['l0']:.1f} | {t['fve']:.3f} | {t['ce_clean']:.3f} | "
                      f"{t['ce_spliced']:.3f} | "
-                     f"{t['ce_increase']:.3f} | {_f(t['ce_recovered'])} | {t['dead_fraction']:.1%} |")
+                     f"{t['ce_increase']:.3f} | {_f(t['ce_recovered'])} | {t['dead_fraction']:.1%} | "
+                     f"{_pct(t.get('dense_fraction'))} |")
     lines.append(f"| all | | | {allt['ce_clean']:.3f} | {allt['ce_spliced']:.3f} | "
                  f"{allt['ce_increase']:.3f} | "
-                 f"{_f(allt['ce_recovered'])} | |")
+                 f"{_f(allt['ce_recovered'])} | | |")
     kinds = m["explanations"]["kinds"]
     lines += [
         "",
@@ -174,10 +200,32 @@ def render_card(m: dict[str, Any]) -> str:
         lines += ["", "Dense features (firing on at least 10% of the sample's tokens; their explanations say "
                   "so, and describe only their strongest activations): "
                   + ", ".join(f"{dense.get(s, 0)} of {sum(kinds[s].values())} in `{s}`"
-                              for s in kinds) + "."]
+                              for s in kinds) + ". Each feature's density over the sample is in "
+                  "`stats/<set>.json`; the app hides dense features by it."]
+    if "readability" in m:
+        r = m["readability"]
+        lines += [
+            "",
+            "## Readability",
+            "",
+            f"For each of {len(r['sentences'])} held-out documentation sentences (the first prose "
+            "sentence of each held-out document, in corpus order), every non-BOS token's top-10 active "
+            "features per layer, by activation, as the highlighter lists them; the share of those slots "
+            "held by features that are not dense (density ≤ 10% in `stats/<set>.json`). Goal ≥ 80%.",
+            "",
+            "| set | slots | not dense | " + " | ".join(f"layer {L}" for L in next(
+                v for v in r.values() if isinstance(v, dict))["per_layer"]) + " |",
+            "|---|---|---|" + "---|" * len(next(v for v in r.values() if isinstance(v, dict))["per_layer"]),
+        ]
+        for set_id, v in r.items():
+            if isinstance(v, dict):
+                lines.append(f"| {set_id} | {v['slots']:,} | {v['non_dense_share']:.1%} | "
+                             + " | ".join(f"{x:.1%}" for x in v["per_layer"].values()) + " |")
+        lines += ["", "The sentences: " + "; ".join(_code(t) for t in r["sentences"][:20]) + "."]
+    n_show = len(m["showcase"])
     lines += [
         "",
-        "## Ten features to check by eye",
+        f"## {n_show} features to check by eye",
         "",
         "Open them in the app (model `demo`, the set and layer given) or type text containing the "
         "described tokens into the highlighter. *precision*: share of the top examples the explanation "

@@ -4,7 +4,11 @@
   split is one stream of `[BOS] doc [BOS] doc ...`, cut into rows of `n_ctx` tokens that each
   start with BOS, so position 0 always holds BOS as it does when the app analyses a text.
 - `train_model`: AdamW with linear warm-up and cosine decay, a fixed token budget, seeded data
-  order, gradient clipping; a HookedTransformer of TransformerLens, trained as is.
+  order, gradient clipping; a HookedTransformer of TransformerLens, trained as is. With `bf16` the
+  forward and backward passes run under CPU autocast to bfloat16 (the weights, the optimizer state
+  and the saved model stay float32). It only pays on a CPU with AMX or AVX512-BF16: on the
+  reference machine's AMD EPYC a step took 15 s against 1.15 s in float32, so the pack's builds
+  leave it off.
 - `heldout_loss` / `unigram_loss`: nats per predicted token on the held-out rows, for the model
   and for a unigram model fitted on the training tokens (add-one smoothing), on the same targets.
 - `sample_generations`: greedy and seeded-sampled continuations of fixed prompts.
@@ -97,7 +101,7 @@ class TrainReport:
 
 
 def train_model(model: Any, rows: torch.Tensor, *, tokens: int, batch_rows: int, lr: float,
-                seed: int, warmup_frac: float = 0.05, weight_decay: float = 0.1,
+                seed: int, warmup_frac: float = 0.05, weight_decay: float = 0.1, bf16: bool = False,
                 progress: Callable[[float], None] | None = None) -> TrainReport:
     """Train `model` in place on random rows of `rows` until `tokens` tokens have been seen."""
     n_ctx = rows.shape[1]
@@ -123,7 +127,8 @@ def train_model(model: Any, rows: torch.Tensor, *, tokens: int, batch_rows: int,
             0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for group in opt.param_groups:
             group["lr"] = lr * scale
-        loss = model(batch, return_type="loss")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(batch, return_type="loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -49,6 +49,8 @@ class PackSaeSet(BaseModel):
     dir: str = Field(description="Directory holding layer_<L>/ SAELens folders.")
     explanations: str | None = None
     stats: str | None = Field(None, description="stats/<set>.json: per-feature firing density.")
+    bos: str | None = Field(None, description="'excluded': the dictionaries never saw BOS (training, "
+                                              "calibration, statistics); their output there is meaningless.")
 
 
 class PackTranscoderSet(BaseModel):
@@ -62,6 +64,8 @@ class PackTranscoderSet(BaseModel):
     feature_output_hook: str = "hook_mlp_out"
     explanations: str | None = None
     stats: str | None = Field(None, description="stats/<set>.json: per-feature firing density.")
+    bos: str | None = Field(None, description="'excluded': the dictionaries never saw BOS (training, "
+                                              "calibration, statistics); their output there is meaningless.")
 
 
 class Manifest(BaseModel):

@@ -11,7 +11,16 @@ JumpReLU dictionaries for inference:
   latents dead for `dead_after_tokens` reconstruct the residual;
 - activations are scaled by one constant per site so E‖x‖² = d (and the same for the target);
   the scale is folded into the exported weights;
-- after training the JumpReLU threshold is calibrated on fresh activations so the mean L0 is `k`.
+- dense features are held back (the routing bias of Wang et al., 2024, "auxiliary-loss-free load
+  balancing"): each feature carries a bias <= 0 that is added to its pre-activation only when the
+  batch picks which activations pass, never to the values that pass. After every step the bias of a
+  feature that fired on more than `density_cap` of the batch's tokens is lowered by a small step, and
+  raised back towards 0 otherwise, so no feature keeps firing on a large share of all tokens (such
+  features say little about any token and crowd every top-10 list). The exported JumpReLU threshold of
+  feature f is `theta - bias_f`, which is exactly the training rule;
+- BOS positions are never seen: training, calibration and the statistics use non-BOS tokens only
+  (the model writes an attention-sink vector there that no dictionary should spend features on);
+- after training the threshold is calibrated on fresh activations so the mean L0 is `k`.
 
 An SAE reads and writes `blocks.L.hook_resid_post`; a transcoder reads `blocks.L.hook_resid_mid`
 and writes `blocks.L.hook_mlp_out`. Export: SAEs as SAELens `JumpReLUSAE` (`save_model`, loaded by
@@ -69,6 +78,7 @@ class BatchTopKDictionary(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_dict))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("route_bias", torch.zeros(d_dict))  # <= 0; see the module docstring
         self.register_buffer("last_fired", torch.zeros(d_dict, dtype=torch.long))
 
     def preacts(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,16 +86,19 @@ class BatchTopKDictionary(nn.Module):
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
-    def batch_threshold(self, acts: torch.Tensor, sub_rows: int = 512) -> torch.Tensor:
-        """The BatchTopK cut: the (k·m)-th largest activation of the first m rows."""
-        sub = acts[:sub_rows].detach().flatten()
-        n = min(sub.numel(), self.k * min(sub_rows, acts.shape[0]))
-        return sub.topk(n, sorted=False).values.min()
+    def scores(self, pre: torch.Tensor) -> torch.Tensor:
+        """What the batch ranks: the pre-activation plus the routing bias where it is positive."""
+        return torch.where(pre > 0, pre.detach() + self.route_bias, torch.full((), -torch.inf, dtype=pre.dtype))
 
-    def encode(self, x: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = self.preacts(x)
-        acts = pre.relu()
-        return torch.where(acts > threshold, acts, torch.zeros((), dtype=acts.dtype)), pre
+    def batch_threshold(self, scores: torch.Tensor, sub_rows: int = 512) -> torch.Tensor:
+        """The BatchTopK cut: the (k·m)-th largest score of the first m rows."""
+        sub = scores[:sub_rows].detach().flatten()
+        n = min(sub.numel(), self.k * min(sub_rows, scores.shape[0]))
+        return _finite_cut(sub.topk(n, sorted=False).values.min(), sub)
+
+    def feature_thresholds(self) -> torch.Tensor:
+        """Per-feature JumpReLU thresholds: pre > theta - bias_f  <=>  pre + bias_f > theta."""
+        return (self.threshold - self.route_bias).detach().clone()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
@@ -102,8 +115,26 @@ class DictionarySpec:
     tokens: int
     batch_tokens: int
     lr: float
+    transcoder_lr: float | None = None  # the transcoders' own rate (None: `lr`); see BuildConfig
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 200_000
+    density_cap: float = 0.05  # share of a batch's tokens above which a feature is held back
+    balance_rate: float = 0.02  # bias step per training step, as a fraction of the batch threshold
+    density_limit: float = 1.0  # after calibration, no feature fires on more than this share (1.0: off)
+
+
+def _finite_cut(cut: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The cut itself, unless fewer than k·m pre-activations were positive: then the top-(k·m) reaches
+    into the -inf of the non-positive ones, and an infinite cut would poison the routing-bias step
+    (balance_rate · theta) and the exported thresholds. Every positive score passes instead: the cut
+    goes just under the smallest finite score (or to 0 when there is none)."""
+    if bool(torch.isfinite(cut)):
+        return cut
+    finite = scores[torch.isfinite(scores)]
+    if not finite.numel():
+        return torch.zeros((), dtype=scores.dtype)
+    low = finite.min()
+    return low - low.abs().clamp_min(1e-6) * 1e-6
 
 
 def _mean_sq_norm(x: torch.Tensor) -> float:
@@ -131,6 +162,10 @@ class Trainer:
                       for s in site_list}
         self.scales: dict[str, float] = {}
 
+    def lr(self, site: Site) -> float:
+        spec = self.spec
+        return spec.transcoder_lr if site.kind == "transcoder" and spec.transcoder_lr is not None else spec.lr
+
     def _batches(self, rows: torch.Tensor, n_rows: int):
         while True:
             order = torch.randperm(rows.shape[0], generator=self.gen)
@@ -151,7 +186,7 @@ class Trainer:
             dic = self.dicts[s.name]
             with torch.no_grad():
                 dic.b_dec.copy_((first[s.out_hook] * self.scales[s.out_hook]).mean(0))
-            opts[s.name] = torch.optim.Adam(dic.parameters(), lr=spec.lr, betas=(0.9, 0.999))
+            opts[s.name] = torch.optim.Adam(dic.parameters(), lr=self.lr(s), betas=(0.9, 0.999))
         warmup, decay_from = max(1, steps // 20), int(steps * 0.8)
         curves: dict[str, list[tuple[int, float]]] = {s.name: [] for s in self.sites}
         seen = 0
@@ -167,7 +202,7 @@ class Trainer:
             for s in self.sites:
                 x = acts[s.in_hook] * self.scales[s.in_hook]
                 y = acts[s.out_hook] * self.scales[s.out_hook]
-                loss, fvu = self._step(self.dicts[s.name], opts[s.name], x, y, seen, spec.lr * lr_scale)
+                loss, fvu = self._step(self.dicts[s.name], opts[s.name], x, y, seen, self.lr(s) * lr_scale)
                 if step % 10 == 0 or step == steps - 1:
                     curves[s.name].append((step, round(fvu, 4)))
         return curves
@@ -179,8 +214,10 @@ class Trainer:
             group["lr"] = lr
         pre = dic.preacts(x)
         acts = pre.relu()
-        theta = dic.batch_threshold(acts)
-        z = torch.where(acts > theta, acts, torch.zeros((), dtype=acts.dtype))
+        scores = dic.scores(pre)
+        theta = dic.batch_threshold(scores)
+        passed = scores > theta
+        z = torch.where(passed, acts, torch.zeros((), dtype=acts.dtype))
         out = dic.decode(z)
         err = (out - y).pow(2).sum(-1).mean()
         loss = err
@@ -188,6 +225,14 @@ class Trainer:
             fired = (z > 0).any(0)
             dic.last_fired[fired] = seen
             dead = (seen - dic.last_fired) > spec.dead_after_tokens
+            over = passed.float().mean(0) > spec.density_cap
+            # the step is a size: theta itself while positive, else (theta <= 0, too few positive
+            # pre-activations) the mean positive pre-activation, so the bias neither flips direction
+            # nor feeds on itself
+            positive = pre.detach()[pre.detach() > 0]
+            scale = float(theta) if float(theta) > 0 else (float(positive.mean()) if positive.numel() else 0.0)
+            step_size = spec.balance_rate * scale
+            dic.route_bias.add_(torch.where(over, -step_size, step_size)).clamp_(max=0.0)
         n_dead = int(dead.sum())
         if n_dead:
             k_aux = min(x.shape[1] // 2, n_dead)
@@ -208,13 +253,33 @@ class Trainer:
 
     @torch.no_grad()
     def calibrate(self, rows: torch.Tensor) -> None:
-        """Set each JumpReLU threshold so that the mean L0 over `rows` (non-BOS) is exactly k."""
+        """Set each dictionary's theta so that the mean L0 over `rows` (non-BOS) is k, with no feature
+        firing on more than `density_limit` of them: theta and the limit are set in turn (three
+        rounds; the limit last, so it holds exactly and the L0 ends at or a little under k)."""
         acts = collect(self.model, rows, self.hooks, self.bos)
         for s in self.sites:
             dic = self.dicts[s.name]
-            a = dic.preacts(acts[s.in_hook] * self.scales[s.in_hook]).relu().flatten()
-            n = min(a.numel(), dic.k * acts[s.in_hook].shape[0])
-            dic.threshold.fill_(float(a.topk(n, sorted=False).values.min()))
+            x = acts[s.in_hook] * self.scales[s.in_hook]
+            for _ in range(3 if self.spec.density_limit < 1.0 else 1):
+                scores = dic.scores(dic.preacts(x)).flatten()
+                n = min(scores.numel(), dic.k * x.shape[0])
+                dic.threshold.fill_(float(_finite_cut(scores.topk(n, sorted=False).values.min(), scores)))
+                self._limit_density(dic, x)
+
+    def _limit_density(self, dic: BatchTopKDictionary, x: torch.Tensor) -> None:
+        """Raise the threshold of each feature that still fires on more than `density_limit` of the
+        calibration tokens to the value it exceeds on exactly that share (its routing bias moves by
+        the difference), so no exported feature is dense on text like the calibration sample."""
+        limit = self.spec.density_limit
+        if limit >= 1.0:
+            return
+        pre = dic.preacts(x)
+        over = ((pre > dic.feature_thresholds()).float().mean(0) > limit).nonzero().flatten()
+        if not len(over):
+            return
+        keep = max(1, int(limit * pre.shape[0]))  # tokens each such feature may still fire on
+        cut = pre[:, over].topk(keep + 1, dim=0).values[-1]  # the (keep+1)-th largest: fire above it
+        dic.route_bias[over] = torch.minimum(dic.route_bias[over], dic.threshold - cut)
 
     def folded(self, site: Site) -> dict[str, torch.Tensor]:
         """Weights in the units of the model's activations (the training scales folded in).
@@ -228,7 +293,7 @@ class Trainer:
         s_in, s_out = self.scales[site.in_hook], self.scales[site.out_hook]
         return {"W_enc": (dic.W_enc * s_in).detach().clone(), "b_enc": dic.b_enc.detach().clone(),
                 "W_dec": (dic.W_dec / s_out).detach().clone(), "b_dec": (dic.b_dec / s_out).detach().clone(),
-                "threshold": torch.full_like(dic.b_enc, float(dic.threshold)).detach()}
+                "threshold": dic.feature_thresholds()}
 
 
 def save_sae(weights: dict[str, torch.Tensor], out_dir: Path, hook: str, model_name: str, n_ctx: int) -> None:
