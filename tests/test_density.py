@@ -20,13 +20,17 @@ from tests.test_app_pages import all_markup, app
 
 
 def pack_copy(root: Path, stats: dict[str, dict] | None) -> Path:
-    """The demo pack under `root` (files linked), with `stats` written as stats/<set>.json."""
+    """The demo pack under `root` (files linked), with only `stats` as its stats/<set>.json (the
+    pack's own stats are left out: a linked stats folder would let a test write into the pack)."""
     src = REPO / "assets" / "demo"
     root.mkdir(parents=True)
     for item in src.iterdir():
-        if item.name != "manifest.json":
+        if item.name not in ("manifest.json", "stats"):
             (root / item.name).symlink_to(item)
     manifest = json.loads((src / "manifest.json").read_text())
+    for kind in ("sae_sets", "transcoder_sets"):
+        for entry in manifest.get(kind, {}).values():
+            entry.pop("stats", None)
     for set_id, body in (stats or {}).items():
         (root / "stats").mkdir(exist_ok=True)
         (root / "stats" / f"{set_id}.json").write_text(json.dumps(body))

@@ -36,12 +36,12 @@ def shown_examples(markup: str) -> list[list[tuple[str, bool]]]:
 
 @pytest.fixture(scope="module")
 def opened(hf_cache):
-    return browser(model="demo", sae_set="res", feature="1:5")
+    return browser(model="demo", sae_set="res", feature="1:7")
 
 
 def test_dashboard_shows_the_backends_examples_histogram_and_logits(opened, backend):
     at = opened
-    want = backend.feature(FeatureRequest(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=5), **REQ))
+    want = backend.feature(FeatureRequest(feature=FeatureRef(model="demo", sae_set="res", layer=1, index=7), **REQ))
     assert want.examples, "the demo store has examples for this feature"
     html_blocks = [e.proto.body for e in at.get("html")]
     top = shown_examples(html_blocks[0])
@@ -62,7 +62,7 @@ def test_dashboard_shows_the_backends_examples_histogram_and_logits(opened, back
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Density"] == f"{want.density:.4%}"
     assert metrics["Fires on"] == f"{want.n_active:,} tokens"
-    assert at.query_params["feature"] == "1:5" and at.query_params["sae_set"] == "res"
+    assert at.query_params["feature"] == "1:7" and at.query_params["sae_set"] == "res"
     assert "sequential_from_start" in all_markup(at), "sampling metadata is shown"
 
 
