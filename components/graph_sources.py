@@ -16,11 +16,12 @@ from pydantic import ValidationError
 
 from backend.graphfile import library_dir, list_library, parse_graph, read_graph_file, view_state
 from backend.schemas import GraphRequest, GraphResult, ModelInfo
-from components import state
+from components import demo_defaults, state
 from components.graph_panels import render_estimate
+from components.page_state import DEFAULT_GRAPH_PROMPT as DEFAULT_PROMPT
+from components.page_state import GraphState
 
 S = st.session_state
-DEFAULT_PROMPT = "The capital of the state containing Dallas is"
 URL_PROMPT_LIMIT = 1500  # longer prompts are not put in the URL
 
 
@@ -34,8 +35,10 @@ def open_graph(doc: dict[str, Any], *, origin: tuple[str, str] | None, result: G
              graph_doc_id=uuid.uuid4().hex, graph_pinned=pinned, graph_supernodes=supernodes,
              graph_clicked=url_node if url_node in ids else clicked)
     S.pop("graph_node_pick", None)
-    S.pop("graph_nt", None)
-    S.pop("graph_et", None)
+    gs = GraphState.load()  # a new graph opens at its own thresholds
+    gs.nt, gs.et = None, 1.0
+    S.pop(gs.key("nt"), None)
+    S.pop(gs.key("et"), None)
 
 
 def origin_of(doc: dict[str, Any], models: list[ModelInfo]) -> tuple[str, str] | None:
@@ -85,40 +88,29 @@ SETTINGS: dict[str, tuple[float, float, float]] = {
 }
 LIMIT_OF = {"max_feature_nodes": "max_feature_nodes", "batch_size": "max_batch_size",
             "max_n_logits": "max_graph_logits"}
-SLUG_CHARS = next(m.max_length for m in GraphRequest.model_fields["slug_identifier"].metadata
-                  if hasattr(m, "max_length"))
-
-
-def limits() -> dict[str, float]:
-    """The backend's published limits, asked once per session (empty if it cannot say)."""
-    if "graph_limits" not in S:
-        info = state.call(state.backend().info)
-        if info is None:
-            return {}
-        S["graph_limits"] = dict(info.limits)
-    return S["graph_limits"]
 
 
 def bounds(name: str) -> tuple[float, float, float]:
     low, high, step = SETTINGS[name]
-    limit = limits().get(LIMIT_OF.get(name, ""))
+    limit = getattr(state.limits(), LIMIT_OF.get(name, ""), None)
     return low, (min(high, limit) if limit else high), step
 
 
 def request_or_message(prompt: str, slug: str, **fields: Any) -> GraphRequest | None:
     """The request, or None after an inline message saying what to change (never a validation dump,
     never more than a few characters of what was typed)."""
-    if not prompt.strip():
+    if state.blank(prompt):  # empty, whitespace or only invisible characters
         st.warning("Type a prompt: the graph explains which features lead to the token after it.",
                    icon=":material/edit:")
         return None
-    max_chars = limits().get("max_text_chars")
-    if max_chars and len(prompt) > max_chars:
-        st.warning(f"The prompt has {len(prompt):,} characters; the limit is {int(max_chars):,}. Shorten it.",
-                   icon=":material/straighten:")
+    lim = state.limits()
+    if len(prompt) > lim.max_text_chars:
+        st.warning(f"The prompt has {len(prompt):,} characters; the limit is {lim.max_text_chars:,}. "
+                   "Shorten it.", icon=":material/straighten:")
         return None
-    if len(slug.strip()) > SLUG_CHARS:
-        st.warning(f"The slug has {len(slug.strip()):,} characters; the limit is {SLUG_CHARS}. Shorten it "
+    if len(slug.strip()) > lim.max_graph_slug_chars:
+        st.warning(f"The slug has {len(slug.strip()):,} characters; the limit is {lim.max_graph_slug_chars}. "
+                   "Shorten it "
                    "(or leave it empty for a name made from the prompt).", icon=":material/straighten:")
         return None
     try:
@@ -130,18 +122,22 @@ def request_or_message(prompt: str, slug: str, **fields: Any) -> GraphRequest | 
         return None
 
 
-def number(col: Any, name: str, low: float, high: float, step: float) -> int | float:
-    """A number input for one setting, starting from the URL's value when it has one."""
+def number(col: Any, gs: GraphState, name: str, low: float, high: float, step: float) -> int | float:
+    """A number input for one setting, starting from what the user set before (kept across pages),
+    else the URL's value when it has one, else the graph server's default."""
     default = GraphRequest.model_fields[name].default
     kind = int if isinstance(default, int) else float
     default = min(default, kind(high))
-    key = f"graph_{name}"
+    key = gs.key(name)
     if key not in S:
         try:
-            S[key] = min(max(kind(state.query_param(name, str(default))), kind(low)), kind(high))
-        except ValueError:
+            start = gs.settings.get(name, state.query_param(name, str(default)))
+            S[key] = min(max(kind(start), kind(low)), kind(high))
+        except (TypeError, ValueError):
             S[key] = default
-    return kind(col.number_input(name, kind(low), kind(high), step=kind(step), key=key))
+    value = kind(col.number_input(name, kind(low), kind(high), step=kind(step), key=key))
+    gs.settings[name] = value
+    return value
 
 
 def render_generate_form(model: ModelInfo) -> None:
@@ -151,22 +147,30 @@ def render_generate_form(model: ModelInfo) -> None:
         st.info(f"{model.display_name} has no transcoders for attribution graphs. Pick one of: {names}.")
         return
     sets = {t.id: t for t in model.transcoder_sets}
+    gs = GraphState.load()
+    if gs.prompt == DEFAULT_PROMPT and model.source == "demo":  # a prompt the demo model reads as its own
+        gs.prompt = demo_defaults.steering_prompt(state.settings().demo_dir, DEFAULT_PROMPT)
+        S.pop(gs.key("prompt"), None)
     tc_key = f"graph_tc::{model.id}"
     if tc_key not in S:
         wanted = state.query_param("transcoder_set")
+        if wanted not in sets:
+            wanted = gs.transcoder_sets.get(model.id)
         S[tc_key] = wanted if wanted in sets else next(iter(sets))
-    if "graph_prompt" not in S:
-        S["graph_prompt"] = state.query_param("prompt", DEFAULT_PROMPT)
     with st.form("graph_form", border=False):
-        prompt = st.text_area("Prompt", key="graph_prompt", height=80,
-                              help="The next token after this prompt is what the graph explains.")
+        prompt = gs.take("prompt", st.text_area(
+            "Prompt", key=gs.bind("prompt"), height=80,
+            help="The next token after this prompt is what the graph explains."))
         tc = st.selectbox("Transcoders", list(sets), key=tc_key, format_func=lambda s: sets[s].display_name)
+        gs.transcoder_sets[model.id] = tc
         with st.expander("Attribution settings (the graph server's parameters)"):
             c = st.columns(4)
             cells = zip(c * 2, SETTINGS.items(), strict=False)  # two rows of the four columns
-            values = {name: number(col, name, *bounds(name)) for col, (name, _) in cells}
-            offload = c[2].selectbox("offload", ["none", "cpu", "disk"], key="graph_offload")
-            slug = c[3].text_input("slug", key="graph_slug", placeholder="default: from the prompt")
+            values = {name: number(col, gs, name, *bounds(name)) for col, (name, _) in cells}
+            offload = gs.take("offload", c[2].selectbox("offload", ["none", "cpu", "disk"],
+                                                        key=gs.bind("offload")))
+            slug = gs.take("slug", c[3].text_input("slug", key=gs.bind("slug"),
+                                                   placeholder="default: from the prompt"))
         b1, b2, _ = st.columns([1, 1, 4])
         estimate = b1.form_submit_button("Estimate")
         run = b2.form_submit_button("Generate", type="primary")

@@ -202,3 +202,30 @@ class CompareState(PageState):
 
     sentences: str = ""
     terms: str = ""
+
+
+DEFAULT_GRAPH_PROMPT = "The capital of the state containing Dallas is"
+
+
+@dataclasses.dataclass
+class GraphState(PageState):
+    """Attribution graph: the prompt and attribution settings typed in the form, and the view's
+    pruning and styling. The graph itself, its pins and selection live with the opened document
+    (they are saved in its qParams); this is what the user set around it. Widget keys keep the page's
+    `graph_<field>` names."""
+
+    PREFIX: ClassVar[str] = "graph"
+    URL: ClassVar[dict[str, str]] = {"prompt": "prompt"}
+
+    prompt: str = DEFAULT_GRAPH_PROMPT
+    slug: str = ""
+    offload: str = "none"
+    transcoder_sets: dict[str, str] = dataclasses.field(default_factory=dict)  # model id -> set id
+    settings: dict[str, float] = dataclasses.field(default_factory=dict)  # attribution settings typed
+    nt: float | None = None  # node threshold of the view; None: the graph's own
+    et: float = 1.0
+    colour: str = "influence"
+    size: str = "influence"
+
+    def key(self, field: str) -> str:
+        return f"graph_{field}"

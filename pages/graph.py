@@ -13,8 +13,11 @@ from components import state
 from components.graph_panels import md_literal, nodes_frame, render_node_panel, render_pins, render_save
 from components.graph_sources import render_generate_form, render_open_form
 from components.graph_view import node_title, render_graph_view
+from components.page_state import GraphState
 
 S = st.session_state
+COLOUR_BY = ["influence", "activation", "type"]
+SIZE_BY = ["influence", "activation", "uniform"]
 
 
 def displayed(doc: dict[str, Any], nt: float, et: float, pinned: list[str]) -> DisplayGraph:
@@ -72,16 +75,18 @@ def viewer(doc: dict[str, Any]) -> None:
             st.info(f"Graph of a {result.label}.", icon=":material/science:")
     st.markdown(head)
     render_scores(meta)
-    file_nt = meta.get("node_threshold")
+    gs = GraphState.load()  # the view's settings, kept across pages
+    start = min(max(float(gs.nt if gs.nt is not None else meta.get("node_threshold") or 1.0), 0.05), 1.0)
+    if gs.key("nt") not in S:
+        S[gs.key("nt")] = start
     c = st.columns([2, 2, 1, 1])
-    start = min(max(float(file_nt or 1.0), 0.05), 1.0)
-    nt = c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, start, 0.01,
-                     key="graph_nt",
-                     help="Lower keeps fewer, more influential nodes. Never re-runs attribution.")
-    et = c[1].slider("Edge weight kept (fraction of total |weight|)", 0.05, 1.0, 1.0, 0.01, key="graph_et",
-                     help="Lower keeps only the strongest edges.")
-    colour_by = c[2].selectbox("Colour", ["influence", "activation", "type"], key="graph_colour")
-    size_by = c[3].selectbox("Size", ["influence", "activation", "uniform"], key="graph_size")
+    nt = gs.take("nt", c[0].slider("Node threshold (cumulative influence kept)", 0.05, 1.0, step=0.01,
+                                   key=gs.key("nt"),
+                                   help="Lower keeps fewer, more influential nodes. Never re-runs attribution."))
+    et = gs.take("et", c[1].slider("Edge weight kept (fraction of total |weight|)", 0.05, 1.0, step=0.01,
+                                   key=gs.bind("et"), help="Lower keeps only the strongest edges."))
+    colour_by = gs.take("colour", c[2].selectbox("Colour", COLOUR_BY, key=gs.bind("colour")))
+    size_by = gs.take("size", c[3].selectbox("Size", SIZE_BY, key=gs.bind("size")))
     pinned, supernodes = S["graph_pinned"], S["graph_supernodes"]
     graph = displayed(doc, nt, et, pinned)
     notes = [f"Showing {len(graph.nodes):,} of {graph.total_nodes:,} nodes and {len(graph.edges):,} of "

@@ -203,6 +203,36 @@ def test_scores_are_shown_with_the_graph(shared):
     assert shown["Completeness score"] == f"{scores['completeness_score']:.3f}"
 
 
+def test_prompt_settings_and_view_survive_another_page(generated):
+    """Issue 12 (7): the graph's prompt box, attribution settings, prune sliders and styling are the
+    user's own after a trip to another page, next to the same graph (not the default prompt beside
+    another prompt's graph)."""
+    at = graph_page(prompt=PROMPT, transcoder_set="demo", max_feature_nodes=str(NODES))
+    assert not at.exception, at.exception
+    doc_id = at.session_state["graph_doc_id"]
+    at.text_area(key="graph_prompt").input("A prompt typed and not yet run")
+    at.number_input(key="graph_batch_size").set_value(64)
+    at.slider(key="graph_nt").set_value(0.55)
+    at.slider(key="graph_et").set_value(0.7)
+    at.selectbox(key="graph_colour").select("type")
+    at.button(key="FormSubmitter:graph_form-Estimate").click().run()
+    assert not at.exception, at.exception
+    shown = len(chart_nodes(at)[0]["customdata"])
+    at.switch_page("pages/steer.py").run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/graph.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["graph_doc_id"] == doc_id, "the same graph, not a regenerated one"
+    assert at.text_area(key="graph_prompt").value == "A prompt typed and not yet run"
+    assert at.number_input(key="graph_batch_size").value == 64
+    assert at.slider(key="graph_nt").value == pytest.approx(0.55)
+    assert at.slider(key="graph_et").value == pytest.approx(0.7)
+    assert at.selectbox(key="graph_colour").value == "type"
+    assert len(chart_nodes(at)[0]["customdata"]) == shown, "the view is pruned as the user left it"
+    doc = at.session_state["graph_doc"]
+    assert shown == len(display_graph(doc, 0.55, 0.7).nodes)
+
+
 def test_a_long_slug_and_a_blank_prompt_get_a_message_and_the_page_keeps_working(hf_cache, tmp_path):
     """Issue 12 (4, 5): a 129+ character slug or a blank prompt is refused inline, nothing is sent, and
     the page (the 'Open a graph file' tab too) keeps working on every later rerun."""
