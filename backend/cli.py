@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from backend.errors import BackendError, NotFound
+from backend.errors import BackendError, NotFound, invalid_fields
 from backend.protocol import methods
 from backend.schemas import LayerFeature
 
@@ -141,7 +141,10 @@ def run_guarded(work: Callable[[], T]) -> tuple[T | None, int]:
             return work(), 0
     except BackendError as exc:
         print(json.dumps(exc.to_wire()), file=sys.stderr)
-    except ValueError as exc:  # pydantic validation of the request
+    except ValidationError as exc:  # the request's fields: which ones and why, never the input
+        err = invalid_fields(list(exc.errors()), "See --help for the fields.")
+        print(json.dumps(err.to_wire()), file=sys.stderr)
+    except ValueError as exc:
         print(json.dumps({"error": "invalid_request", "message": str(exc)}), file=sys.stderr)
     return None, 2
 

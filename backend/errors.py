@@ -7,6 +7,7 @@ Each class carries the HTTP status the service answers with and a stable `kind` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -160,3 +161,23 @@ def error_from_wire(payload: dict[str, Any]) -> BackendError:
     err = cls.__new__(cls)
     BackendError.__init__(err, message, **(payload.get("details") or {}))
     return err
+
+
+def invalid_fields(errors: Sequence[Mapping[str, Any]], advice: str) -> InvalidRequest:
+    """One message for a request whose fields do not validate (pydantic's `errors()`), shared by the
+    service and the CLIs: the first three fields and what is wrong with each, never the input itself
+    (which can be 100,000 characters), then `advice`. The cleaned errors ride along as details."""
+    clean = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors[:20]
+    ]
+    parts = [
+        f"{'.'.join(e['loc'][1:] if e['loc'][:1] == ['body'] else e['loc']) or 'body'}: {e['msg']}"
+        for e in clean[:3]
+    ]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return InvalidRequest(f"The request is malformed — {'; '.join(parts)}{more}. {advice}", errors=clean)

@@ -52,3 +52,22 @@ def test_errors_are_json_on_stderr_with_status_2(hf_cache):
     bad = run_cli("analyze", "--model", "demo", "--text", "hi", "--k", "0")
     assert bad.returncode == 2
     assert json.loads(bad.stderr.strip().splitlines()[-1])["error"] == "invalid_request"
+
+
+def test_a_blank_or_bad_request_says_which_field_and_what_to_do(hf_cache):
+    """Issue 12 (4): `analyze --text ""` is one JSON line naming the field and the fix, not pydantic's
+    multi-line dump; the input itself is never echoed. (Whitespace is text the model can read: the
+    CLI analyses it, as the service does.)"""
+    for args in (("--text", ""), ("--text", "hi", "--k", "0")):
+        out = run_cli("analyze", "--model", "demo", *args)
+        assert out.returncode == 2
+        (line,) = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("{")]
+        err = json.loads(line)
+        assert err["error"] == "invalid_request"
+        field = args[-2].removeprefix("--")
+        assert err["message"].startswith(f"The request is malformed — {field}: ")
+        assert "See --help" in err["message"] and "validation error" not in err["message"]
+        assert err["details"]["errors"][0]["loc"] == [field]
+    long = "z" * 100_000
+    out = run_cli("analyze", "--model", "demo", "--text", long, "--k", "0")
+    assert out.returncode == 2 and "z" * 81 not in out.stderr

@@ -41,7 +41,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.errors import BackendError, Busy, InvalidRequest, NotFound, OutOfMemory
+from backend.errors import BackendError, Busy, InvalidRequest, NotFound, OutOfMemory, invalid_fields
 from backend.request_limits import check_request
 from backend.schemas.service import ErrorBody, HealthResult, UploadReceipt
 from backend.http.seed_routes import SEED_ROUTES, SeedRoute, to_protocol
@@ -280,23 +280,6 @@ def error_response(exc: BackendError, status: int | None = None) -> JSONResponse
     return JSONResponse(exc.to_wire(), status_code=status or exc.status, headers=headers)
 
 
-def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    clean = [
-        {
-            "loc": [str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-            "type": str(e.get("type", "")),
-        }
-        for e in errors[:20]
-    ]
-    parts = [
-        f"{'.'.join(e['loc'][1:] if e['loc'][:1] == ['body'] else e['loc']) or 'body'}: {e['msg']}"
-        for e in clean[:3]
-    ]
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    return f"The request is malformed — {'; '.join(parts)}{more}. See /docs for the fields.", clean
-
-
 def _framing_error(errors: list[dict[str, Any]], content_type: str | None) -> InvalidRequest | None:
     """A body that is not JSON at all: undecodable (the position named) or sent with another content
     type. Both are 400s, as the OpenAPI documents, not field errors."""
@@ -436,8 +419,7 @@ def create_app(
         framing = _framing_error(errors, request.headers.get("content-type"))
         if framing is not None:
             return error_response(framing, 400)
-        message, clean = _validation_message(errors)
-        return error_response(InvalidRequest(message, errors=clean))
+        return error_response(invalid_fields(errors, "See /docs for the fields."))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
