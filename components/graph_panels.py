@@ -37,6 +37,9 @@ DETAIL_EXAMPLES = 5  # top activating corpus examples shown for the selected fea
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=])")
 
 
+SUPERNODE_LABEL_CHARS = 80  # drawn beside its group in the subgraph
+
+
 def md_literal(text: str) -> str:
     """`text` for st.markdown, shown as written: every markdown (and Streamlit directive) character
     backslash-escaped, so a slug such as `[x](https://…)` stays text, not a link."""
@@ -184,10 +187,14 @@ def render_pins(doc: dict[str, Any], graph: DisplayGraph, pinned: list[str], sup
     members = st.multiselect("Nodes to group", pinned, key="graph_group_members", format_func=name)
     c1, c2, c3 = st.columns([2, 1, 1])
     label = c1.text_input("Supernode label", key="graph_group_label", placeholder="e.g. 'say a number'")
-    if c2.button("Group as supernode", key="graph_group", disabled=not members or not label.strip()):
-        supernodes.append([label.strip(), *members])
-        st.session_state.pop("graph_group_members", None)
-        st.rerun()
+    if c2.button("Group as supernode", key="graph_group", disabled=not members):
+        problem = state.text_problem(label, "The label", "Type a label for the supernode.", SUPERNODE_LABEL_CHARS)
+        if problem:  # a label is drawn on the subgraph and saved in the file: a short name, not a text
+            state.warn(problem)
+        else:
+            supernodes.append([" ".join(label.split()), *members])
+            st.session_state.pop("graph_group_members", None)
+            st.rerun()
     if c3.button("Clear pins", key="graph_clear_pins"):
         pinned.clear()
         supernodes.clear()

@@ -75,7 +75,8 @@ def render_subgraph_steering(prompt: str, origin: tuple[str, str] | None, pinned
                                format_func=OPERATIONS.get)
     amount = c[1].number_input("Amount", value=0.0 if operation != "alpha" else 2.0, step=0.5,
                                key=f"graph_steer_amount_{operation}", disabled=operation == "ablate")
-    n_tokens = int(c[2].number_input("Tokens", 1, 256, DEFAULTS["n_tokens"], key="graph_steer_tokens"))
+    most = state.limits().max_new_tokens  # the backend's bound, not the page's
+    n_tokens = int(c[2].number_input("Tokens", 1, most, min(DEFAULTS["n_tokens"], most), key="graph_steer_tokens"))
     run = c[3].button("Steer", key="graph_steer_run", type="primary", disabled=not picked)
     if run:
         nodes: list[DisplayNode] = []

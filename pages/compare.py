@@ -139,7 +139,8 @@ def main() -> None:
                           help="0 = embeddings, 1 = after the last layer; each model reads its SAE layer "
                                "closest to this depth.")
         k = st.number_input("Top features per model", 1, lim.max_k, min(10, lim.max_k), key="cmp_k")
-        guesses = st.number_input("Guesses where a term starts", 1, 20, 5, key="cmp_guesses")
+        guesses = st.number_input("Guesses where a term starts", 1, lim.max_k, min(5, lim.max_k),
+                                  key="cmp_guesses")  # the backend refuses more than max_k
         rate = st.slider("Specific: fires on at most this share of other tokens", 0.0, 0.5, 0.05, step=0.01,
                          key="cmp_rate")
         match_case = st.checkbox("Match case", key="cmp_case")

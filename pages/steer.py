@@ -220,13 +220,14 @@ def experiment_tab(model, set_id: str, rows) -> None:
         )
         upload = c3.file_uploader("Neuronpedia-template CSV", type=["csv"], key="st_exp_csv")
         c4, c5, c6, c7 = st.columns(4)
-        per_layer = c4.number_input("Features per layer", 1, 20, 3, key="st_exp_k")
+        lim = state.limits()  # a call runs features x alphas, at most max_experiment_runs of them
+        per_layer = c4.number_input("Features per layer", 1, lim.max_experiment_runs,
+                                    min(3, lim.max_experiment_runs), key="st_exp_k")
         percentile = c5.number_input("Live percentile", 0.0, 100.0, 90.0, key="st_exp_pct")
         alphas_text = c6.text_input("Alphas", "0, 0.5, 1, 2, 4", key="st_exp_alphas")
         headline = c7.number_input("Headline alpha", value=2.0, key="st_exp_alpha")
         c8, c9, c10, c11 = st.columns(4)
         corpus = c8.radio("Corpus", ["demo pack", "my passages"], key="st_exp_corpus", horizontal=True)
-        lim = state.limits()
         n_passages = c9.number_input("Passages", 1, lim.max_experiment_passages,
                                      min(16, lim.max_experiment_passages), key="st_exp_n")
         max_len = c10.number_input("Max tokens per passage", 8, max(8, lim.max_prompt_tokens),

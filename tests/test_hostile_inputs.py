@@ -160,3 +160,91 @@ def test_compare_sentences_and_terms(pages, name):
     at.text_area(key="cmp.terms").input(HOSTILE[name])
     at.button(key="cmp_run").click().run()
     check(at, name if name not in ("empty", "whitespace") else "ok", answered=True)
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_feature_browser_try_your_own_text(pages, name):
+    at = pages["features"]
+    at.text_area(key="fb.try_text").input(HOSTILE[name])
+    next(b for b in at.button if b.label == "Show activations").click().run()
+    check(at, name, answered=any("fs-try" in h.proto.body or "Fires on" in h.proto.body
+                                 for h in [*at.get("html"), *at.caption]))
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_experiment_alphas(pages, name):
+    at = pages["steer"]
+    at.text_area(key="st.prompt").input("The weather today is")
+    at.radio(key="st_exp_corpus").set_value("my passages")
+    at.text_area(key="st.passages").input("The cat sat on the mat.\nThe dog ran in the park.")
+    at.text_input(key="st_exp_alphas").input(HOSTILE[name])
+    next(b for b in at.button if b.label == "Run experiment").click().run()
+    check(at, name, answered=bool(at.dataframe))
+    at.text_input(key="st_exp_alphas").input("0, 1")
+
+
+TINY_GRAPH = {
+    "metadata": {"slug": "tiny", "scan": "x", "prompt_tokens": ["<bos>", " a", " b"], "prompt": "<bos> a b"},
+    "nodes": [{"node_id": "E_1_1", "layer": "E", "ctx_idx": 1, "feature_type": "embedding"},
+              {"node_id": "0_5_2", "layer": "0", "ctx_idx": 2, "feature_type": "cross layer transcoder",
+               "influence": 0.1, "activation": 1.0, "clerp": "one"},
+              {"node_id": "1_7_2", "layer": "1", "ctx_idx": 2, "feature_type": "cross layer transcoder",
+               "influence": 0.2, "activation": 2.0, "clerp": "two"},
+              {"node_id": "3_9_2", "layer": "3", "ctx_idx": 2, "feature_type": "logit",
+               "token_prob": 0.5, "clerp": 'Output "x" (p=0.500)'}],
+    "links": [{"source": "E_1_1", "target": "0_5_2", "weight": 1.0},
+              {"source": "0_5_2", "target": "1_7_2", "weight": 1.0},
+              {"source": "1_7_2", "target": "3_9_2", "weight": 1.0}],
+}
+
+
+@pytest.fixture(scope="module")
+def graph_page(hf_cache, tmp_path_factory):
+    """The graph page with a tiny graph file open and two feature nodes pinned."""
+    import json
+
+    path = tmp_path_factory.mktemp("graphs") / "tiny.json"
+    path.write_text(json.dumps(TINY_GRAPH))
+    at = app(model="demo", sae_set="res").run()
+    at.switch_page("pages/graph.py").run()
+    at.text_input(key="graph_path").input(str(path)).run()
+    at.button(key="graph_open_path").click().run()
+    assert not at.exception, at.exception
+    for node in ("0_5_2", "1_7_2"):
+        at.selectbox(key="graph_node_pick").select(node).run()
+        at.button(key=f"graph_pin_{node}").click().run()
+    assert at.session_state["graph_pinned"] == ["0_5_2", "1_7_2"]
+    return at, path
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_graph_prompt_slug_path_and_supernode_label(graph_page, name):
+    at, path = graph_page
+    at.text_area(key="graph_prompt").input(HOSTILE[name])
+    at.button(key="FormSubmitter:graph_form-Estimate").click().run()
+    check(at, name, answered=bool(at.metric))
+    at.text_area(key="graph_prompt").input("A short prompt")
+    at.text_input(key="graph_slug").input(HOSTILE[name])
+    at.button(key="FormSubmitter:graph_form-Estimate").click().run()
+    check(at, "ok" if name in ("empty", "whitespace") else name, answered=True)
+    at.text_input(key="graph_slug").input("")
+    at.text_input(key="graph_path").input(HOSTILE[name]).run()
+    if not at.button(key="graph_open_path").disabled:
+        at.button(key="graph_open_path").click().run()
+        check(at, name, answered=False)  # no such file: an error naming what to do
+        assert at.session_state["graph_doc"]["metadata"]["slug"] == "tiny", "the open graph stays"
+    else:
+        assert name in ("empty", "whitespace")
+    before = [list(sn) for sn in at.session_state["graph_supernodes"]]
+    at.multiselect(key="graph_group_members").set_value(["0_5_2", "1_7_2"]).run()
+    at.text_input(key="graph_group_label").input(HOSTILE[name]).run()
+    at.button(key="graph_group").click().run()
+    check(at, name, answered=True)
+    after = at.session_state["graph_supernodes"]
+    if name in MUST_REFUSE or len(HOSTILE[name]) > 80:  # a label is a short name (80 characters)
+        assert after == before, "a refused label groups nothing"
+        assert any("label" in m.lower() for m in messages(at))
+    else:
+        assert len(after) == len(before) + 1 and after[-1][0] == " ".join(HOSTILE[name].split())
+        at.button(key=f"graph_ungroup_{len(after) - 1}").click().run()
+    assert not at.exception, at.exception
