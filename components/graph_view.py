@@ -225,6 +225,12 @@ def position_labels(graph: DisplayGraph, lay: Layout) -> list[str]:
     return out
 
 
+def position_tips(graph: DisplayGraph, n_positions: int) -> list[str]:
+    """The hover text of each position label: the position and its whole token, never elided."""
+    return [f"position {p}: {visible(graph.tokens[p]) if p < len(graph.tokens) else '?'}"
+            for p in range(n_positions)]
+
+
 def node_title(n: DisplayNode, tokens: list[str]) -> str:
     """A short plain-text name of a node (escape it for the medium that shows it)."""
     tok = visible(tokens[n.pos]) if 0 <= n.pos < len(tokens) else "?"
@@ -354,6 +360,7 @@ def canvas_payload(graph: DisplayGraph, *, selected: str | None = None, colour_b
         "edges": edges, "edge_max": max((abs(w) for _, _, w in graph.edges), default=1.0) or 1.0,
         "bands": band_names,
         "positions": [[round(c, 2), t] for c, t in zip(centres, position_labels(graph, lay), strict=True)],
+        "position_tips": position_tips(graph, len(centres)),
         "selected": selected if selected in index else None,
         "slot": lay.slot, "left": m["l"], "top": m["t"], "plot_w": lay.width, "plot_h": lay.height,
         "width": lay.width + m["l"] + m["r"], "height": lay.height + m["t"] + m["b"],

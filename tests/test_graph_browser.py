@@ -145,6 +145,51 @@ def test_hovering_a_node_highlights_its_edges(server, browser, tmp_path):
     assert dialogs == []
 
 
+def test_position_labels_and_a_saved_supernode(server, browser, tmp_path, output_dir):
+    """Hovering a position label shows that position's whole token (labels are elided to their
+    column); a supernode saved in the file's qParams is drawn in the pinned subgraph as one labelled
+    group of its members, beside the pinned node it does not hold. Screenshot:
+    test-output/graph-supernode.png."""
+    raw = crowded_graph(120, n_pos=10, n_logits=4, seed=5)
+    feats = [n["node_id"] for n in raw["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    a, b, c = feats[-1], feats[-2], feats[-3]  # the most influential: kept at the file's threshold
+    raw["qParams"] = {"pinnedIds": [a, b, c], "supernodes": [["say <b>x</b> & co", a, b]], "clickedId": c}
+    path = tmp_path / "supernode.json"
+    path.write_text(json.dumps(raw))
+    page, dialogs = open_graph_page(browser, server, height=2200)
+    open_file(page, path)
+    chart, frame = view_frame(page)
+    wait_idle(page)
+    tokens = raw["metadata"]["prompt_tokens"]
+    for p in (0, 8, 9):
+        point = frame.evaluate("p => window.graphCanvas.labelPoint(p)", p)
+        box = chart.bounding_box()
+        page.mouse.move(box["x"] + point["x"], box["y"] + point["y"])
+        page.wait_for_timeout(150)
+        want = f"position {p}: " + tokens[p].replace(" ", "·")
+        assert canvas_data(page, "positionTip") == want
+        assert frame.locator("#tip").inner_text() == want, "the tip is text: markup shows as written"
+    page.get_by_text("Pinned nodes (3)", exact=True).wait_for(timeout=120_000)
+    page.wait_for_function("""() => {
+      const gd = document.querySelectorAll('.js-plotly-plot')[0];
+      return gd && gd._fullData && gd._fullData.some(t => t.name === 'groups');
+    }""", timeout=60_000, polling=200)
+    groups = page.evaluate("""() => {
+      const gd = document.querySelectorAll('.js-plotly-plot')[0];
+      const tr = gd._fullData.find(t => t.name === 'groups');
+      return {ids: Array.from(tr.customdata), text: Array.from(tr.text), symbols: Array.from(tr.marker.symbol)};
+    }""")
+    assert sorted(groups["ids"]) == sorted(["say <b>x</b> & co", c])
+    k = groups["ids"].index("say <b>x</b> & co")
+    assert groups["text"][k] == "<b>say &lt;b&gt;x&lt;/b&gt; &amp; co</b> (2)", "escaped once, in bold"
+    assert groups["symbols"][k] == "square" and groups["symbols"][1 - k] == "circle"
+    sub = page.locator(".js-plotly-plot").first
+    assert "say <b>x</b> & co (2)" in sub.inner_text(), "the label reads as written"
+    page.wait_for_timeout(300)
+    sub.screenshot(path=str(output_dir / "graph-supernode.png"))
+    assert dialogs == []
+
+
 def test_a_wide_graph_scrolls_inside_the_view(server, browser, tmp_path):
     """150 positions: the view scrolls sideways inside itself; the page does not get wider."""
     path = tmp_path / "wide.json"

@@ -105,6 +105,26 @@
     tip.style.top = (ev.clientY + 12) + "px";
   }
 
+  // the position whose label is under the pointer (the strip below the plot), else -1
+  function positionAt(px, py) {
+    const y0 = G.top + G.plot_h;
+    if (py < y0 || py > y0 + 26 || !G.positions.length) return -1;
+    let best = -1, bestD = Infinity;
+    G.positions.forEach(([x], p) => { const d = Math.abs(G.left + x - px); if (d < bestD) { best = p; bestD = d; } });
+    const half = G.positions.length > 1 ? Math.abs(G.positions[1][0] - G.positions[0][0]) : G.plot_w;
+    return bestD <= Math.max(half, 8) ? best : -1;
+  }
+
+  function showPositionTip(p, ev) {
+    base.dataset.positionTip = p >= 0 ? G.position_tips[p] : "";
+    if (p < 0) return false;
+    tip.textContent = G.position_tips[p];
+    tip.style.display = "block";
+    tip.style.left = Math.min(ev.clientX + 12, window.innerWidth - 370) + "px";
+    tip.style.top = (ev.clientY - 30) + "px";
+    return true;
+  }
+
   function local(ev) { const r = over.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
 
   over.addEventListener("mousemove", ev => {
@@ -112,7 +132,7 @@
     const i = nodeAt(...local(ev));
     if (i !== hovered) { hovered = i; drawHover(i); }
     over.style.cursor = i >= 0 ? "pointer" : "default";
-    showTip(i, ev);
+    if (i >= 0 || !showPositionTip(positionAt(...local(ev)), ev)) showTip(i, ev);
   });
   over.addEventListener("mouseleave", () => { hovered = -1; drawHover(-1); tip.style.display = "none"; });
   over.addEventListener("click", ev => {
@@ -140,6 +160,8 @@
         for (let j = 0; j < G.edges.length; j += 3) out.push([G.ids[G.edges[j]], G.ids[G.edges[j + 1]]]);
         return out; },
       positions: () => G.positions.length,
+      labelPoint: p => { const r = over.getBoundingClientRect();  // where position p's label is drawn
+        return {x: r.left + G.left + G.positions[p][0], y: r.top + G.top + G.plot_h + 14}; },
     };
     send("streamlit:setFrameHeight", {height: G.height + (scroller.scrollWidth > scroller.clientWidth ? 18 : 4)});
   }
