@@ -133,6 +133,15 @@ def test_features_tables_link_to_neuronpedia(compared, want):
         assert list(table["specific"]) == [f.specific for f in m.features.features]
     base = "https://www.neuronpedia.org/gpt2-small/6-res-jb/"
     assert list(tables[1]["neuronpedia"]) == [f"{base}{f.index}" for f in want.models[1].features.features]
+    # every feature id opens its own dashboard: this model, this dictionary, this layer:index
+    from urllib.parse import parse_qs, urlsplit
+
+    for table, m in zip(tables, want.models):
+        f = m.features
+        opened = [urlsplit(u) for u in table["dashboard"]]
+        assert {u.path for u in opened} == {"features"}
+        assert [parse_qs(u.query) for u in opened] == [
+            {"model": [m.model], "sae_set": [f.sae_set], "feature": [f"{f.layer}:{x.index}"]} for x in f.features]
     guesses = frame(compared, "model's guesses")
     n_occ = sum(len(sr.occurrences) for m in want.models for sr in m.sentences)
     assert len(guesses) == n_occ
