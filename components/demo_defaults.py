@@ -19,59 +19,62 @@ class Showcase:
     layer: int
     index: int
     explanation: str
-    text: str  # one example line, unmarked
-    prefix: str  # the example up to its activating token and the end of that word
-    raw_start_is_space: bool = False  # the example window starts at a word, not inside one
+    example: str  # one example line as the pack writes it: the activating token marked [[ ]]
+
+    @property
+    def text(self) -> str:
+        """The example, unmarked."""
+        return _unmark(self.example).strip()
+
+    @property
+    def prefix(self) -> str:
+        """The example up to its activating token and on to the end of that word (a token can be part
+        of one)."""
+        mark = _MARK.search(self.example)
+        if mark is None:
+            return self.text
+        rest = _unmark(self.example[mark.end():])
+        cut = next((i for i, ch in enumerate(rest) if ch.isspace()), len(rest))
+        return (_unmark(self.example[:mark.end()]) + rest[:cut]).strip()
+
+    @property
+    def starts_a_word(self) -> bool:
+        """The example's window starts at a word, not inside one."""
+        return self.example[:1].isspace()
 
 
 def _unmark(text: str) -> str:
     return _MARK.sub(lambda m: m.group(1), text)
 
 
-def _to_word_end(example: str, end: int) -> str:
-    """The example up to its activating token and on to the end of that word (a token can be part of one)."""
-    rest = _unmark(example[end:])
-    cut = next((i for i, ch in enumerate(rest) if ch.isspace()), len(rest))
-    return (_unmark(example[:end]) + rest[:cut]).strip()
-
-
 @functools.cache
-def _showcase(metrics_path: str) -> tuple[Showcase, ...]:
+def _metrics(metrics_path: str) -> dict:
+    """The pack's metrics.json, read once ({} without a pack)."""
     try:
         data = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return ()
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def showcase(demo_dir: Path) -> tuple[Showcase, ...]:
     out = []
-    for item in data.get("showcase") or []:
+    for item in _metrics(str(demo_dir / "metrics.json")).get("showcase") or []:
         try:
-            example = item["examples"][0]["text"]
-            mark = _MARK.search(example)
             out.append(Showcase(set_id=str(item["set"]), layer=int(item["layer"]), index=int(item["index"]),
-                                explanation=str(item.get("explanation", "")), text=_unmark(example).strip(),
-                                prefix=_to_word_end(example, mark.end()) if mark else _unmark(example).strip(),
-                                raw_start_is_space=_starts_a_word(example)))
+                                explanation=str(item.get("explanation", "")),
+                                example=str(item["examples"][0]["text"])))
         except (KeyError, IndexError, TypeError, ValueError):
             continue
     return tuple(out)
 
 
-def showcase(demo_dir: Path) -> tuple[Showcase, ...]:
-    return _showcase(str(demo_dir / "metrics.json"))
-
-
-@functools.cache
-def _sentences(metrics_path: str) -> tuple[str, ...]:
-    try:
-        data = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-        return tuple(str(t) for t in (data.get("readability") or {}).get("sentences") or [] if str(t).strip())
-    except (OSError, ValueError, AttributeError):
-        return ()
-
-
 def sentences(demo_dir: Path) -> tuple[str, ...]:
     """The pack's held-out documentation sentences (whole sentences, unlike the showcase's token
     windows, which can start or end inside a word)."""
-    return _sentences(str(demo_dir / "metrics.json"))
+    readability = _metrics(str(demo_dir / "metrics.json")).get("readability")
+    found = readability.get("sentences") if isinstance(readability, dict) else None
+    return tuple(str(t) for t in found or [] if str(t).strip())
 
 
 def highlighter_text(demo_dir: Path, set_id: str | None, fallback: str) -> str:
@@ -80,14 +83,10 @@ def highlighter_text(demo_dir: Path, set_id: str | None, fallback: str) -> str:
     return " ".join(lines) if lines else fallback
 
 
-def _starts_a_word(text: str) -> bool:
-    return text[:1].isspace()
-
-
 def steering_prompt(demo_dir: Path, fallback: str) -> str:
     """A showcase example up to its activating token, taken from one whose window starts at a word
     (a prompt on which that feature fires, and that reads as text)."""
     for item in showcase(demo_dir):
-        if item.raw_start_is_space and len(item.prefix.split()) >= 3:
+        if item.starts_a_word and len(item.prefix.split()) >= 3:
             return item.prefix
     return fallback
