@@ -38,6 +38,19 @@ def settled(page) -> None:
     page.wait_for_timeout(300)
 
 
+def steady_text(page, locator, quiet_ms: int = 1500, timeout_ms: int = LONG) -> str:
+    """The locator's text once it has not changed for `quiet_ms` (reruns can follow one another)."""
+    last, quiet, waited = locator.inner_text(), 0, 0
+    while quiet < quiet_ms:
+        assert waited < timeout_ms, f"still changing: {last!r}"
+        page.wait_for_timeout(250)
+        waited += 250
+        now = locator.inner_text()
+        quiet = quiet + 250 if now == last else 0
+        last = now
+    return last
+
+
 def test_errors_are_errors_and_input_is_checked_first(server, browser, output_dir):
     """Repros 1, 4 and 10: over-limit text, a feature that does not exist, empty input and a
     100,000-character field give visible errors or messages, never a 'done' over nothing."""
@@ -150,3 +163,69 @@ def test_explanations_stay_with_their_feature_and_links_carry_context(server, br
     assert query(page).get("feature") == "1:5" and query(page).get("sae_set") == "res"
     page.screenshot(path=str(output_dir / "journey-steer-link.png"), full_page=True)
     assert re.search(r"sae_set=res", page.url)
+
+
+def test_a_graph_node_steers_on_the_graphs_prompt_and_the_graph_page_keeps_its_place(server, browser, output_dir):
+    """Repros 3, 5 and 7 on the graph page: 'Steer this feature' opens steering on the graph's own
+    prompt, transcoder set, layer:index and position; back on the graph page (sidebar), the same graph
+    shows with the user's prune setting and its prompt; a 300-character slug gets a message and the
+    page keeps working."""
+    from urllib.parse import quote
+
+    from tests.test_graph_browser import settled_centres, view_frame, wait_selected
+
+    prompt = "The function returns the value of the"
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(f"{server}/graph?prompt={quote(prompt)}&max_feature_nodes=60", wait_until="domcontentloaded")
+    chart, _ = view_frame(page)
+    settled(page)
+    where = settled_centres(page)
+    i = next(k for k, n in enumerate(where["ids"]) if re.fullmatch(r"\d+_\d+_\d+", n) and where["y"][k] > 0)
+    node = where["ids"][i]
+    layer, index, pos = node.split("_")
+    page.mouse.click(where["x"][i], where["y"][i])
+    wait_selected(page, node)
+    settled(page)
+    # the user's own prune setting: the node threshold slider moved from the keyboard
+    nt = page.locator('[data-testid="stSlider"]').filter(has_text="Node threshold")
+    before = nt.get_by_test_id("stSliderThumbValue").inner_text()
+    shown = page.get_by_text(re.compile(r"^Showing \d+ of \d+ nodes"))
+    all_shown = shown.inner_text()
+    track = nt.locator("[role=group] > div").first.bounding_box()  # one click on the track: one
+    page.mouse.click(track["x"] + track["width"] * 0.45, track["y"] + track["height"] / 2)  # new value
+    settled(page)
+    moved = nt.get_by_test_id("stSliderThumbValue").inner_text()
+    assert moved != before, before
+    expect(shown).not_to_have_text(all_shown, timeout=LONG)  # the view is pruned at the new threshold
+    settled(page)
+    pruned = steady_text(page, shown)  # each key press is a rerun: the last one's answer
+    _, frame = view_frame(page)
+    frame.wait_for_function("() => document.getElementById('base').dataset.nodes > 0", timeout=LONG)
+    page.screenshot(path=str(output_dir / "journey-graph.png"), full_page=True)
+
+    page.get_by_role("link", name="Steer this feature").click()
+    page.get_by_role("heading", name="Steering playground").wait_for(timeout=LONG)  # (the graph page
+    box = page.get_by_role("textbox", name="Prompt")  # has a Prompt box too)
+    settled(page)
+    assert box.input_value() == prompt, "steering opens on the graph's prompt"
+    q = query(page)
+    assert (q.get("sae_set"), q.get("feature"), q.get("position")) == ("demo", f"{layer}:{index}", pos)
+    page.screenshot(path=str(output_dir / "journey-graph-steer.png"), full_page=True)
+
+    page.get_by_role("link", name="Attribution graph").first.click()
+    page.get_by_role("heading", name="Attribution graph").wait_for(timeout=LONG)
+    view_frame(page)
+    settled(page)
+    assert page.get_by_role("textbox", name="Prompt").input_value() == prompt
+    assert nt.get_by_test_id("stSliderThumbValue").inner_text() == moved, "the prune setting is kept"
+    assert steady_text(page, shown) == pruned, "and the view is pruned by it"
+
+    page.get_by_text("Attribution settings").click()
+    slug = page.get_by_role("textbox", name="slug")
+    slug.fill("s" * 300)
+    page.get_by_role("button", name="Estimate").click()
+    page.locator('[data-testid="stAlertContentWarning"]').filter(has_text="slug").wait_for(timeout=LONG)
+    assert "s" * 81 not in " ".join(warnings(page))
+    page.get_by_role("tab", name="Open a graph file").click()
+    page.get_by_role("textbox", name="…or a path on the server").wait_for(timeout=30_000)
+    assert not errors(page)
