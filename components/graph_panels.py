@@ -34,7 +34,6 @@ from components.text import visible
 MAX_SUBGRAPH_EDGES = 300  # the strongest edges between pinned groups that are drawn
 DETAIL_EXAMPLES = 5  # top activating corpus examples shown for the selected feature
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=])")
 
 
 SUPERNODE_LABEL_CHARS = 80  # drawn beside its group in the subgraph
@@ -43,7 +42,7 @@ SUPERNODE_LABEL_CHARS = 80  # drawn beside its group in the subgraph
 def md_literal(text: str) -> str:
     """`text` for st.markdown, shown as written: every markdown (and Streamlit directive) character
     backslash-escaped, so a slug such as `[x](https://…)` stays text, not a link."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+    return state.markdown_text(" ".join(text.split()))
 
 
 def graph_prompt(doc: dict[str, Any]) -> str:

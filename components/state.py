@@ -165,10 +165,17 @@ def clip_message(message: str, limit: int = 600) -> str:
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~$:=^])")
 
 
+# What GitHub-flavoured markdown turns into links after parsing, escapes or not (remark's autolink
+# literal runs a regex over the text: `https://…`, `www.…`, `name@host.tld`). An invisible word
+# joiner (U+2060) after the `:`, between `www` and its dot, and after the `@` stops the match.
+_AUTOLINK = re.compile(r"(?i)(?<=https:)|(?<=http:)|(?<=\bwww)(?=\.)|(?<=@)(?=[\w-])")
+
+
 def markdown_text(text: str) -> str:
     """`text` for a place that renders markdown (st.error, st.warning, st.caption): every markdown
-    character escaped, so a link, emphasis, colour directive or formula in data stays text."""
-    return _MARKDOWN.sub(r"\\\1", text)
+    character escaped, so a link, emphasis, colour directive or formula in data stays text, and
+    bare URLs and e-mail addresses are kept from becoming links (they read the same)."""
+    return _MARKDOWN.sub(r"\\\1", _AUTOLINK.sub("\u2060", text))
 
 
 def warn(message: str) -> None:

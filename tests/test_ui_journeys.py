@@ -229,3 +229,57 @@ def test_a_graph_node_steers_on_the_graphs_prompt_and_the_graph_page_keeps_its_p
     page.get_by_role("tab", name="Open a graph file").click()
     page.get_by_role("textbox", name="…or a path on the server").wait_for(timeout=30_000)
     assert not errors(page)
+
+
+def test_text_is_shown_as_written(server, browser, output_dir, tmp_path):
+    """Repros 8 and 11: a graph file's slug with markdown and a URL stays text (no live link, not even
+    GFM's autolink of a bare URL) and a node title shows its quote as a quote; sweep generations and
+    the chart title have spaces, not the token view's dots. (Repro 12, '3:51' typed as an amount, is
+    tested on `features_from_rows` and under AppTest: typing into the grid's canvas editor from
+    Playwright did not commit reliably.)"""
+    import json
+
+    raw = {"metadata": {"slug": "[click me](https://example.com) *bold*", "scan": "x",
+                        "prompt_tokens": ["<bos>", " a", "'."], "prompt": "<bos> a'."},
+           "nodes": [{"node_id": "E_1_1", "layer": "E", "ctx_idx": 1, "feature_type": "embedding"},
+                     {"node_id": "0_5_2", "layer": "0", "ctx_idx": 2, "feature_type": "cross layer transcoder",
+                      "influence": 0.1, "activation": 1.0, "clerp": 'says "hi"'},
+                     {"node_id": "3_9_2", "layer": "3", "ctx_idx": 2, "feature_type": "logit",
+                      "token_prob": 0.5, "clerp": 'Output "x" (p=0.500)'}],
+           "links": [{"source": "E_1_1", "target": "0_5_2", "weight": 1.0},
+                     {"source": "0_5_2", "target": "3_9_2", "weight": 1.0}],
+           "qParams": {"clickedId": "0_5_2"}}
+    path = tmp_path / "markdown-slug.json"
+    path.write_text(json.dumps(raw))
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server}/graph", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Open a graph file").click()
+    box = page.get_by_role("textbox", name="…or a path on the server")
+    box.fill(str(path))
+    box.press("Enter")
+    page.get_by_role("button", name="Open path").click()
+    # as written (an invisible word joiner after "https:" keeps markdown from making it a link)
+    page.get_by_text(re.compile(r"^\[click me\]\(https:\u2060?//example\.com\) \*bold\*$")).first.wait_for(
+        timeout=LONG)
+    settled(page)
+    live = page.locator('a[href="https://example.com"]')
+    assert live.count() == 0, ("the slug is not a live link", live.first.evaluate("a => a.parentElement.outerHTML"))
+    page.get_by_text("feature 0:5 @2 ''.'").first.wait_for(timeout=LONG)  # quotes as written, not &#x27;
+    assert "&#x27;" not in page.locator("body").inner_text()
+    page.screenshot(path=str(output_dir / "journey-literal-slug.png"), full_page=True)
+
+    page.goto(f"{server}/steer?model=demo&sae_set=res&feature=1:7&prompt=To+open+a+file",
+              wait_until="domcontentloaded")
+    page.get_by_role("heading", name="Steering playground").wait_for(timeout=LONG)
+    settled(page)
+    page.get_by_role("tab", name="Alpha sweep").click()
+    page.get_by_role("textbox", name="Alphas").fill("0, 2")
+    page.get_by_role("button", name="Sweep").click()
+    page.locator(".js-plotly-plot .gtitle").first.wait_for(timeout=LONG)
+    settled(page)
+    title = page.locator(".js-plotly-plot .gtitle").first.text_content()
+    assert title == "Feature 1:7 scaled by alpha" and "·" not in title
+    cells = page.locator('[data-testid="stDataFrame"]').last.locator("td").all_inner_texts()
+    generations = [c for c in cells if "open" in c or len(c) > 12]
+    assert generations and not any("·" in g for g in generations), cells
+    page.screenshot(path=str(output_dir / "journey-sweep.png"), full_page=True)

@@ -232,3 +232,18 @@ def test_dense_features_are_hidden_by_default_and_counted(hf_cache, backend):
     at.toggle(key="hl_dense_on").set_value(False).run()
     frame = at.dataframe[0].value
     assert sorted(zip(frame["pos"], frame["feature"])) == sorted(rows)
+
+
+def test_markdown_text_keeps_bare_urls_and_addresses_from_becoming_links():
+    """GFM turns a bare URL, `www.` name or e-mail address in text into a link after parsing, escapes
+    or not (seen in Chromium on a graph slug): an invisible word joiner keeps it text, reading the same."""
+    import re
+
+    from components.state import markdown_text
+
+    for raw in ("see https://evil.example/x now", "HTTP://A.B", "www.example.org", "me@host.example.com"):
+        shown = markdown_text(raw)
+        plain = shown.replace("\\", "").replace("\u2060", "")
+        assert plain == raw
+        assert not re.search(r"(?i)https?:/|www\.|@\w", shown.replace("\\", "")), shown
+    assert markdown_text("plain words, 3:51") == "plain words, 3\\:51"
