@@ -301,8 +301,13 @@ def test_stats_give_each_features_density_on_the_builds_sample(pack, metrics, mo
                 _, cache = model.run_with_cache(part, names_filter=[hook], stop_at_layer=layer + 1)
                 counts += (encode(cache[hook][part != bos]) > 0).sum(0)
         expected = counts.double() / stats["tokens"]
-        assert torch.allclose(torch.tensor(stats["density"][str(layer)], dtype=torch.float64), expected,
-                              atol=2e-6)
+        # Stored to 6 decimals; and a pre-activation that sits on a JumpReLU threshold can fall either
+        # side on another CPU's float kernels (seen: 3 of 2,048 features one token apart on this
+        # machine, which did not build the pack). So: within one token per feature, and rarely that.
+        stored = torch.tensor(stats["density"][str(layer)], dtype=torch.float64)
+        off_by = (stored - expected).abs() * stats["tokens"]
+        assert off_by.max() < 1.5, (set_id, off_by.max())
+        assert int((off_by > 0.5).sum()) <= max(1, len(off_by) // 200), (set_id, int((off_by > 0.5).sum()))
         assert pack.density(set_id)[layer] == pytest.approx(stats["density"][str(layer)])
 
 
