@@ -13,6 +13,18 @@ from backend.schemas import GraphRequest
 from tests.conftest import REPO
 
 PROMPT = "Seven silver swans swam south"
+# A graph file whose slug is markdown with a URL and whose tokens and labels hold quotes: all text.
+LITERAL_GRAPH = {
+    "metadata": {"slug": "[click me](https://example.com) *bold*", "scan": "x",
+                 "prompt_tokens": ["<bos>", " a", "'."], "prompt": "<bos> a'."},
+    "nodes": [{"node_id": "E_1_1", "layer": "E", "ctx_idx": 1, "feature_type": "embedding"},
+              {"node_id": "0_5_2", "layer": "0", "ctx_idx": 2, "feature_type": "cross layer transcoder",
+               "influence": 0.1, "activation": 1.0, "clerp": 'says "hi"'},
+              {"node_id": "3_9_2", "layer": "3", "ctx_idx": 2, "feature_type": "logit",
+               "token_prob": 0.5, "clerp": 'Output "x" (p=0.500)'}],
+    "links": [{"source": "E_1_1", "target": "0_5_2", "weight": 1.0},
+              {"source": "0_5_2", "target": "3_9_2", "weight": 1.0}],
+}
 NODES = 120
 
 
@@ -251,15 +263,7 @@ def test_a_long_slug_and_a_blank_prompt_get_a_message_and_the_page_keeps_working
     assert not at.exception, at.exception
     assert any("Type a prompt" in w.proto.body for w in at.warning)
     assert "graph_doc" not in at.session_state
-    raw = {"metadata": {"slug": "[click me](https://example.com) *bold*", "scan": "x",
-                        "prompt_tokens": ["<bos>", " a", "'."], "prompt": "<bos> a'."},
-           "nodes": [{"node_id": "E_1_1", "layer": "E", "ctx_idx": 1, "feature_type": "embedding"},
-                     {"node_id": "0_5_2", "layer": "0", "ctx_idx": 2, "feature_type": "cross layer transcoder",
-                      "influence": 0.1, "activation": 1.0, "clerp": 'says "hi"'},
-                     {"node_id": "3_9_2", "layer": "3", "ctx_idx": 2, "feature_type": "logit",
-                      "token_prob": 0.5, "clerp": 'Output "x" (p=0.500)'}],
-           "links": [{"source": "E_1_1", "target": "0_5_2", "weight": 1.0},
-                     {"source": "0_5_2", "target": "3_9_2", "weight": 1.0}]}
+    raw = LITERAL_GRAPH
     path = tmp_path / "link.json"
     path.write_text(json.dumps(raw))
     at.text_input(key="graph_path").input(str(path)).run()

@@ -239,16 +239,9 @@ def test_text_is_shown_as_written(server, browser, output_dir, tmp_path):
     Playwright did not commit reliably.)"""
     import json
 
-    raw = {"metadata": {"slug": "[click me](https://example.com) *bold*", "scan": "x",
-                        "prompt_tokens": ["<bos>", " a", "'."], "prompt": "<bos> a'."},
-           "nodes": [{"node_id": "E_1_1", "layer": "E", "ctx_idx": 1, "feature_type": "embedding"},
-                     {"node_id": "0_5_2", "layer": "0", "ctx_idx": 2, "feature_type": "cross layer transcoder",
-                      "influence": 0.1, "activation": 1.0, "clerp": 'says "hi"'},
-                     {"node_id": "3_9_2", "layer": "3", "ctx_idx": 2, "feature_type": "logit",
-                      "token_prob": 0.5, "clerp": 'Output "x" (p=0.500)'}],
-           "links": [{"source": "E_1_1", "target": "0_5_2", "weight": 1.0},
-                     {"source": "0_5_2", "target": "3_9_2", "weight": 1.0}],
-           "qParams": {"clickedId": "0_5_2"}}
+    from tests.test_graph_page import LITERAL_GRAPH
+
+    raw = {**LITERAL_GRAPH, "qParams": {"clickedId": "0_5_2"}}
     path = tmp_path / "markdown-slug.json"
     path.write_text(json.dumps(raw))
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
