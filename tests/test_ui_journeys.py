@@ -231,12 +231,11 @@ def test_a_graph_node_steers_on_the_graphs_prompt_and_the_graph_page_keeps_its_p
     assert not errors(page)
 
 
-def test_text_is_shown_as_written(server, browser, output_dir, tmp_path):
-    """Repros 8 and 11: a graph file's slug with markdown and a URL stays text (no live link, not even
-    GFM's autolink of a bare URL) and a node title shows its quote as a quote; sweep generations and
-    the chart title have spaces, not the token view's dots. (Repro 12, '3:51' typed as an amount, is
-    tested on `features_from_rows` and under AppTest: typing into the grid's canvas editor from
-    Playwright did not commit reliably.)"""
+def test_text_is_shown_as_written_and_amounts_are_read_strictly(server, browser, output_dir, tmp_path):
+    """Repros 8, 11 and 12: a graph file's slug with markdown and a URL stays text (no live link, not
+    even GFM's autolink of a bare URL) and a node title shows its quote as a quote; '3:51' typed in the
+    steering grid's amount column is an error, not 351; sweep generations and the chart title have
+    spaces, not the token view's dots."""
     import json
 
     from tests.test_graph_page import LITERAL_GRAPH
@@ -265,6 +264,23 @@ def test_text_is_shown_as_written(server, browser, output_dir, tmp_path):
               wait_until="domcontentloaded")
     page.get_by_role("heading", name="Steering playground").wait_for(timeout=LONG)
     settled(page)
+    # Repro 12: '3:51' typed into the amount column (the grid's own editor) is an error, not 351
+    where = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    page.mouse.click(where["x"] + 60, where["y"] + 35 + 17)  # row 1, the feature cell
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # the amount cell
+    page.keyboard.press("Enter")  # its editor
+    page.wait_for_timeout(500)
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text("3:51")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Steer", exact=True).click()
+    message = page.locator('[data-testid="stAlertContentWarning"], [data-testid="stAlertContentError"]')
+    message.filter(has_text="'3:51' is not a number").first.wait_for(timeout=LONG)
+    assert page.get_by_text("Steering — done").count() == 0, "nothing was steered"
+    page.screenshot(path=str(output_dir / "journey-grid-amount.png"), full_page=True)
+
     page.get_by_role("tab", name="Alpha sweep").click()
     page.get_by_role("textbox", name="Alphas").fill("0, 2")
     page.get_by_role("button", name="Sweep").click()
