@@ -66,26 +66,43 @@ def check_prompt(prompt: str) -> str | None:
     return state.text_problem(prompt, "The prompt", "Type a prompt to steer.")
 
 
+GREEDY_IGNORES = ("Temperature 0 is greedy decoding: it always takes the most likely token, so the "
+                  "frequency penalty and the seed change nothing (as in TransformerLens). Raise the "
+                  "temperature to sample with them.")
+
+
+def ignored_settings(settings: dict) -> str | None:
+    """What the settings ask for that greedy decoding will not do (None when nothing is ignored)."""
+    return GREEDY_IGNORES if settings["temperature"] == 0 and settings["freq_penalty"] != 0 else None
+
+
 def settings_inputs() -> dict:
     ss, lim = SteerState.load(), state.limits()
     ss.n_tokens = min(max(int(ss.n_tokens), 1), lim.max_new_tokens)
     ss.top_k = min(max(int(ss.top_k), 0), lim.max_k)
     c = st.columns(6)
-    return dict(
+    settings = dict(
         n_tokens=ss.take("n_tokens", int(c[0].number_input("Tokens", 1, lim.max_new_tokens,
                                                            key=ss.bind("n_tokens")))),
         temperature=ss.take("temperature", float(c[1].number_input("Temperature", 0.0, 10.0, step=0.1,
                                                                    key=ss.bind("temperature")))),
         top_k=ss.take("top_k", int(c[2].number_input("Top-k per token", 0, lim.max_k, key=ss.bind("top_k")))),
-        freq_penalty=ss.take("freq_penalty", float(c[3].number_input("Frequency penalty", -10.0, 10.0, step=0.1,
-                                                                     key=ss.bind("freq_penalty")))),
-        seed=ss.take("seed", int(c[4].number_input("Seed", 0, 2**31 - 1, key=ss.bind("seed")))),
+        freq_penalty=ss.take("freq_penalty", float(c[3].number_input(
+            "Frequency penalty", -10.0, 10.0, step=0.1, key=ss.bind("freq_penalty"),
+            help="When sampling: subtracted from a token's logit once for each time it already occurs "
+                 "(prompt included). Greedy decoding (temperature 0) ignores it."))),
+        seed=ss.take("seed", int(c[4].number_input(
+            "Seed", 0, 2**31 - 1, key=ss.bind("seed"),
+            help="When sampling: the same seed gives the same tokens. Greedy decoding draws nothing."))),
         freeze_attention=ss.take("freeze_attention", c[5].checkbox(
             "Freeze attention",
             key=ss.bind("freeze_attention"),
             help="The steered run reads the prompt with the default run's attention patterns.",
         )),
     )
+    if note := ignored_settings(settings):
+        st.caption(note)
+    return settings
 
 
 def steer_tab(model_id: str, set_id: str, prompt: str, rows, settings: dict) -> None:

@@ -189,3 +189,22 @@ def test_the_grid_says_how_strongly_each_feature_fires(steered, backend):
     at = steer_page(feature="1:7", prompt=PROMPT)
     captions = [c.value for c in at.caption]
     assert any(c.startswith(f"1:7 fires up to {want.max_activation:.3g} in the corpus") for c in captions), captions
+
+
+def test_a_frequency_penalty_at_temperature_zero_is_said_to_be_ignored(hf_cache, backend):
+    """Greedy decoding takes the argmax before any penalty (TransformerLens' `sample_logits` does the
+    same), so a penalty typed at temperature 0 changes nothing: the page says so instead of leaving
+    the user to wonder why the text is the same."""
+    at = steer_page(feature="1:7", prompt=PROMPT)
+    notes = lambda: [c.value for c in at.caption if "greedy decoding" in c.value]  # noqa: E731
+    assert notes() == []
+    at.number_input(key="st.freq_penalty").set_value(2.0).run()
+    assert len(notes()) == 1 and "Raise the temperature" in notes()[0]
+    features = [{"layer": 1, "index": 7, "delta": 10.0, "steer_all_prompt_positions": True,
+                 "steer_generated_tokens": True}]
+    plain, penalised = (backend.steer(SteerRequest(model="demo", sae_set="res", prompt=PROMPT, n_tokens=8,
+                                                   top_k=0, seed=0, freq_penalty=p, features=features))
+                        for p in (0.0, 2.0))
+    assert penalised.steered_generation == plain.steered_generation  # what the note tells the user
+    at.number_input(key="st.temperature").set_value(0.8).run()
+    assert notes() == []
