@@ -476,3 +476,70 @@ def test_too_few_positive_preactivations_keep_the_routing_and_thresholds_finite(
         trainer._step(dic, opt, x, x, seen=256 * (step + 1), lr=1e-3)
     assert torch.isfinite(dic.route_bias).all() and (dic.route_bias <= 0).all()
     assert int((dic.scores(dic.preacts(x)) > dic.batch_threshold(dic.scores(dic.preacts(x)))).sum()) > 0
+
+
+def _reference_step(dic, opt, x, y, seen, lr, spec):
+    """The training step written out plainly: every row scored, the AuxK latents ranked over all
+    features with the live ones masked to -inf, the decoder applied to a dense code."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    pre = dic.preacts(x)
+    scores = torch.where(pre > 0, pre.detach() + dic.route_bias, torch.full((), -torch.inf))
+    theta = dic.batch_threshold(scores)
+    passed = scores > theta
+    z = torch.where(passed, pre.relu(), torch.zeros(()))
+    out = z @ dic.W_dec + dic.b_dec
+    loss = (out - y).pow(2).sum(-1).mean()
+    with torch.no_grad():
+        dic.last_fired[(z > 0).any(0)] = seen
+        dead = (seen - dic.last_fired) > spec.dead_after_tokens
+        over = passed.float().mean(0) > spec.density_cap
+        positive = pre.detach()[pre.detach() > 0]
+        scale = float(theta) if float(theta) > 0 else (float(positive.mean()) if positive.numel() else 0.0)
+        step = spec.balance_rate * scale
+        dic.route_bias.add_(torch.where(over, -step, step)).clamp_(max=0.0)
+    n_dead = int(dead.sum())
+    if n_dead:
+        k_aux = min(x.shape[1] // 2, n_dead)
+        top = torch.where(dead, pre, torch.full((), -torch.inf)).topk(k_aux, dim=-1)
+        aux_z = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        aux = (aux_z @ dic.W_dec - (y - out).detach()).pow(2).sum(-1).mean()
+        loss = loss + spec.aux_coef * min(1.0, n_dead / k_aux) * aux
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    dic.normalise_decoder()
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder"])
+def test_the_training_step_gives_the_same_bits_as_the_plain_formula(kind):
+    """The trainer's step scores only the sub-batch that sets the cut and ranks AuxK latents among the
+    dead features only (faster); a pack built with it must still be the one the plain formula gives,
+    bit for bit, dead features, routing bias and all."""
+    import copy
+
+    from backend.demo import sparse
+
+    gen = torch.Generator().manual_seed(1)
+    spec = sparse.DictionarySpec(d_dict=256, k=8, tokens=0, batch_tokens=600, lr=1e-2,
+                                 density_cap=0.05, balance_rate=0.08, dead_after_tokens=1_200)
+    fast = sparse.BatchTopKDictionary(32, 32, 256, 8, kind == "sae", gen)
+    with torch.no_grad():
+        fast.b_enc.normal_(-0.2, 0.3, generator=gen)
+    plain = copy.deepcopy(fast)
+    trainer = sparse.Trainer.__new__(sparse.Trainer)
+    trainer.spec = spec
+    opt_fast, opt_plain = (torch.optim.Adam(d.parameters(), lr=1e-2) for d in (fast, plain))
+    w = torch.randn(32, 32, generator=gen)
+    deads = []
+    for step in range(30):
+        x = torch.randn(600, 32, generator=gen) * torch.linspace(0.2, 2.0, 32)
+        y = x if kind == "sae" else torch.tanh(x @ w)
+        seen = 600 * (step + 1)
+        trainer._step(fast, opt_fast, x, y, seen, 1e-2)
+        _reference_step(plain, opt_plain, x, y, seen, 1e-2, spec)
+        deads.append(int(((seen - fast.last_fired) > spec.dead_after_tokens).sum()))
+    assert max(deads) > 0  # the AuxK path ran
+    assert (fast.route_bias < 0).any()  # and so did the routing bias
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name

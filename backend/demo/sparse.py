@@ -209,39 +209,46 @@ class Trainer:
 
     def _step(self, dic: BatchTopKDictionary, opt: torch.optim.Optimizer, x: torch.Tensor,
               y: torch.Tensor, seen: int, lr: float) -> tuple[float, float]:
+        """One optimiser step. Only the sub-batch that sets the cut is scored in full; the rest is
+        compared with the cut directly, which selects exactly the same activations as scoring every
+        row (`pre + bias > theta` with theta > 0 already implies pre > 0, since bias <= 0 and float
+        addition is monotonic). The AuxK latents are ranked among the dead features only."""
         spec = self.spec
         for group in opt.param_groups:
             group["lr"] = lr
         pre = dic.preacts(x)
-        acts = pre.relu()
-        scores = dic.scores(pre)
-        theta = dic.batch_threshold(scores)
-        passed = scores > theta
-        z = torch.where(passed, acts, torch.zeros((), dtype=acts.dtype))
+        with torch.no_grad():
+            p = pre.detach()
+            theta = dic.batch_threshold(dic.scores(p[:512]))
+            passed = p + dic.route_bias > theta
+            if float(theta) <= 0:
+                passed &= p > 0
+        z = torch.where(passed, pre, torch.zeros((), dtype=pre.dtype))  # pre > 0 wherever it passed
         out = dic.decode(z)
         err = (out - y).pow(2).sum(-1).mean()
         loss = err
         with torch.no_grad():
-            fired = (z > 0).any(0)
-            dic.last_fired[fired] = seen
+            dic.last_fired[passed.any(0)] = seen
             dead = (seen - dic.last_fired) > spec.dead_after_tokens
             over = passed.float().mean(0) > spec.density_cap
             # the step is a size: theta itself while positive, else (theta <= 0, too few positive
             # pre-activations) the mean positive pre-activation, so the bias neither flips direction
             # nor feeds on itself
-            positive = pre.detach()[pre.detach() > 0]
-            scale = float(theta) if float(theta) > 0 else (float(positive.mean()) if positive.numel() else 0.0)
+            if float(theta) > 0:
+                scale = float(theta)
+            else:
+                positive = p[p > 0]
+                scale = float(positive.mean()) if positive.numel() else 0.0
             step_size = spec.balance_rate * scale
             dic.route_bias.add_(torch.where(over, -step_size, step_size)).clamp_(max=0.0)
-        n_dead = int(dead.sum())
-        if n_dead:
-            k_aux = min(x.shape[1] // 2, n_dead)
-            masked = torch.where(dead, pre, torch.full((), -torch.inf, dtype=pre.dtype))
-            top = masked.topk(k_aux, dim=-1)
-            aux_z = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        dead_idx = dead.nonzero().flatten()
+        if dead_idx.numel():
+            k_aux = min(x.shape[1] // 2, dead_idx.numel())
+            top = pre.index_select(1, dead_idx).topk(k_aux, dim=-1)
+            aux_z = torch.zeros_like(pre).scatter(-1, dead_idx[top.indices], top.values.relu())
             residual = (y - out).detach()
             aux = (aux_z @ dic.W_dec - residual).pow(2).sum(-1).mean()
-            loss = loss + spec.aux_coef * min(1.0, n_dead / k_aux) * aux
+            loss = loss + spec.aux_coef * min(1.0, dead_idx.numel() / k_aux) * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
