@@ -306,7 +306,9 @@ def _showcase(candidates: list, tokens: torch.Tensor, n_ctx: int, decode_one, n:
 def build(out_dir: Path, cfg: BuildConfig = FULL, corpus_path: Path | None = None, threads: int = 2) -> Path:
     """Build the pack into `out_dir` (replaced atomically once the build has finished).
 
-    Two builds with the same `threads` give byte-identical files: with more than one thread some CPU
+    Two builds on the same CPU model with the same `threads` give byte-identical files (on another CPU
+    model the float kernels differ: a full build on an Intel Xeon matched the AMD EPYC-built pack to
+    3-4 decimals, not in bytes; see notes/README.md). With more than one thread some CPU
     kernels (the embedding's backward among them) accumulate in a varying order unless torch's
     deterministic algorithms are on, so they are for the build and restored afterwards."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
