@@ -61,6 +61,9 @@ def sites(n_layers: int) -> list[Site]:
     return out
 
 
+CUT_ROWS = 512  # the batch's first rows, whose top k·rows activations set the BatchTopK cut
+
+
 class BatchTopKDictionary(nn.Module):
     def __init__(self, d_in: int, d_out: int, d_dict: int, k: int, subtract_b_dec: bool,
                  gen: torch.Generator) -> None:
@@ -90,7 +93,7 @@ class BatchTopKDictionary(nn.Module):
         """What the batch ranks: the pre-activation plus the routing bias where it is positive."""
         return torch.where(pre > 0, pre.detach() + self.route_bias, torch.full((), -torch.inf, dtype=pre.dtype))
 
-    def batch_threshold(self, scores: torch.Tensor, sub_rows: int = 512) -> torch.Tensor:
+    def batch_threshold(self, scores: torch.Tensor, sub_rows: int = CUT_ROWS) -> torch.Tensor:
         """The BatchTopK cut: the (k·m)-th largest score of the first m rows."""
         sub = scores[:sub_rows].detach().flatten()
         n = min(sub.numel(), self.k * min(sub_rows, scores.shape[0]))
@@ -219,7 +222,7 @@ class Trainer:
         pre = dic.preacts(x)
         with torch.no_grad():
             p = pre.detach()
-            theta = dic.batch_threshold(dic.scores(p[:512]))
+            theta = dic.batch_threshold(dic.scores(p[:CUT_ROWS]))
             passed = p + dic.route_bias > theta
             if float(theta) <= 0:
                 passed &= p > 0
